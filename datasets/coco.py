@@ -1,0 +1,668 @@
+"""Ingestion of COCO-style keypoint files (and MPII's native json) into the store.
+
+Every record read ends up either accepted (images/instances tables) or rejected (rejects table,
+with a stable reason code, the field, a one-line message and the raw record). Derived values
+(a missing ``area`` or ``iscrowd``) are accepted with a note in the instance's ``notes``, never
+silently. Checks over many annotations are vectorised with numpy; per-record Python work is
+kept to pulling fields out of the parsed json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from . import records, schema, skeletons
+from .errors import PosepipeError
+from .images import ImageProblem, probe
+from .progress import NoProgress, Progress
+from .report import IngestReport
+from .store import PoseStore, Transaction
+
+# A labelled keypoint further outside the image than this share of the image size is an error.
+OUTSIDE_TOLERANCE = 0.10
+# Boxes may overhang the image by rounding; more than this share of the image size is an error.
+BBOX_TOLERANCE = 0.02
+_IMAGE_KEYS = {"id", "file_name", "width", "height", "license"}
+_ANNOTATION_KEYS = {
+    "id", "image_id", "category_id", "keypoints", "num_keypoints", "bbox", "area", "iscrowd", "segmentation",
+}
+_IMAGE_CHUNK = 256
+
+
+def display_path(path: Path) -> str:
+    """Paths are recorded relative to the working directory when inside it, so stores are portable."""
+    resolved = Path(os.path.abspath(path))
+    try:
+        return resolved.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+@dataclass
+class _Ctx:
+    tx: Transaction
+    source: str
+    file: str
+    batch_id: str
+    images_dir: Path | None
+    split: str | None
+    full_verify: bool
+    workers: int
+    progress: Progress
+    report: IngestReport
+    rejects: records.Rejects
+    image_rows: list[dict[str, Any]] = field(default_factory=list)
+    doc_meta: dict[str, Any] = field(default_factory=dict)  # info and licenses, for exports
+    # source image id -> (content image id, width, height); and ids of rejected images
+    accepted_images: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    rejected_images: dict[int, str] = field(default_factory=dict)
+
+    def reject(self, kind: str, record_id: Any, index: int | None, field_name: str | None,
+               reason: str, detail: str, raw: Any) -> None:
+        what = f"{kind} {record_id}" if record_id is not None else kind
+        where = f"{self.file}: {what} (record #{index})" if index is not None else f"{self.file}"
+        if field_name:
+            where += f", field '{field_name}'"
+        self.rejects.add(kind, record_id, index, field_name, reason, f"{where}: {detail}", raw)
+        self.report.reasons[reason] += 1
+
+
+def ingest_coco(
+    store: PoseStore,
+    annotations: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    source: str,
+    *,
+    skeleton: str | None = None,
+    split: str | None = None,
+    full_verify: bool = False,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest one COCO keypoint file (or MPII json list) and its images into ``source``."""
+    path = Path(annotations)
+    file_key = display_path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PosepipeError(f"{path}: cannot read annotation file ({exc.strerror or exc})") from None
+    images_root = Path(images_dir)
+    if not images_root.is_dir():
+        raise PosepipeError(f"{images_root}: images folder does not exist")
+    if skeleton is not None and skeleton not in skeletons.SKELETONS:
+        raise PosepipeError(f"unknown --skeleton {skeleton!r}; known: {', '.join(sorted(skeletons.SKELETONS))}")
+    file_sha = hashlib.sha256(data).hexdigest()
+    with store.transaction(source) as tx:
+        report = IngestReport(source=source, file=file_key, format="coco")
+        if tx.file_sha256(file_key) == file_sha:
+            return _unchanged_report(tx, report, file_key)
+        report.batch_id = schema.short_hash(source, file_key, file_sha, length=12)
+        ctx = _Ctx(
+            tx=tx, source=source, file=file_key, batch_id=report.batch_id, images_dir=images_root,
+            split=split, full_verify=full_verify, workers=workers, progress=progress or NoProgress(),
+            report=report, rejects=records.Rejects(source, file_key, report.batch_id),
+        )
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            _fatal(ctx, "invalid_json", f"not valid json ({exc}); the file may be truncated", data[:2000])
+        else:
+            if isinstance(doc, list):
+                report.format = "mpii"
+                instances = _read_mpii(ctx, doc, skeleton)
+            else:
+                instances = _read_coco(ctx, doc, skeleton)
+        if report.fatal and tx.file_sha256(file_key) is not None:
+            # Keep what the last good version of this file gave; say so instead of dropping it.
+            report.fatal += " (the records from its previous version are kept)"
+            return report
+        if report.fatal:
+            instances = schema.empty_table("instances")
+        report.files_rejected = ctx.rejects.count("file")
+        report.check_balance()
+        batch = _batch_row(ctx, file_sha, skeleton)
+        tx.replace_file(
+            file_key,
+            {
+                "images": records.images_table(ctx.image_rows),
+                "instances": instances,
+                "rejects": ctx.rejects.table(),
+                "batches": batch,
+            },
+        )
+        return report
+
+
+def _fatal(ctx: _Ctx, reason: str, detail: str, raw: Any) -> None:
+    if isinstance(raw, bytes):  # a broken file is kept as its first bytes, not whole
+        raw = raw.decode("utf-8", "replace")
+    ctx.reject("file", None, None, None, reason, detail, raw)
+    ctx.report.fatal = f"{ctx.file}: {detail}"
+
+
+def _unchanged_report(tx: Transaction, report: IngestReport, file_key: str) -> IngestReport:
+    batches = tx.current["batches"].to_pylist()
+    last = [b for b in batches if b["source_file"] == file_key][-1]
+    report.unchanged = True
+    report.batch_id = last["batch_id"]
+    report.format = last["format"]
+    for key in ("images_read", "images_accepted", "images_rejected", "annotations_read",
+                "annotations_accepted", "annotations_rejected", "files_rejected"):
+        setattr(report, key, int(last[key]))
+    return report
+
+
+def _batch_row(ctx: _Ctx, file_sha: str, skeleton: str | None):
+    r = ctx.report
+    row = {
+        "batch_id": ctx.batch_id, "source": ctx.source, "source_file": ctx.file, "file_sha256": file_sha,
+        "format": r.format, "images_read": r.images_read, "images_accepted": r.images_accepted,
+        "images_rejected": r.images_rejected, "annotations_read": r.annotations_read,
+        "annotations_accepted": r.annotations_accepted, "annotations_rejected": r.annotations_rejected,
+        "files_rejected": r.files_rejected,
+        "params": records.to_json({"skeleton": skeleton, "split": ctx.split, **ctx.doc_meta}),
+    }
+    return pa.Table.from_pylist([row], schema=schema.BATCHES_SCHEMA)
+
+
+# ----- COCO ---------------------------------------------------------------------------------
+def _read_coco(ctx: _Ctx, doc: Any, skeleton_name: str | None):
+    if not isinstance(doc, dict):
+        _fatal(ctx, "bad_structure", f"top level is {type(doc).__name__}, expected an object with "
+               "'images', 'annotations' and 'categories'", None)
+        return None
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            _fatal(ctx, "missing_key", f"missing top-level key '{key}'", {k: "..." for k in doc})
+            return None
+        if not isinstance(doc[key], list):
+            _fatal(ctx, "bad_structure", f"top-level '{key}' is {type(doc[key]).__name__}, expected a list", None)
+            return None
+    ctx.doc_meta = {"info": doc.get("info"), "licenses": doc.get("licenses")}
+    annotations = doc["annotations"]
+    category_id, skel = _person_category(ctx, doc["categories"], annotations, skeleton_name)
+    if skel is None:
+        ctx.report.images_read = len(doc["images"])
+        ctx.report.annotations_read = len(annotations)
+        # Nothing can be trusted without a skeleton; every record is accounted for as rejected.
+        for i, rec in enumerate(doc["images"]):
+            ctx.reject("image", _rid(rec), i, None, "unknown_skeleton", "file has no usable skeleton", rec)
+        for i, rec in enumerate(annotations):
+            ctx.reject("annotation", _rid(rec), i, None, "unknown_skeleton", "file has no usable skeleton", rec)
+        ctx.report.images_rejected = len(doc["images"])
+        ctx.report.annotations_rejected = len(annotations)
+        return None
+    _read_images(ctx, doc["images"])
+    return _read_annotations(ctx, annotations, category_id, skel)
+
+
+def _rid(rec: Any) -> Any:
+    return rec.get("id") if isinstance(rec, dict) else None
+
+
+def _person_category(ctx: _Ctx, categories: list, annotations: list, skeleton_name: str | None):
+    cats = [c for c in categories if isinstance(c, dict)]
+    with_kp = [c for c in cats if isinstance(c.get("keypoints"), list)]
+    persons = [c for c in with_kp if c.get("name") == "person"] or with_kp or [c for c in cats if c.get("name") == "person"]
+    if not persons:
+        _fatal(ctx, "no_person_category", "no category declares keypoints (and none is named 'person')", categories)
+        return None, None
+    cat = persons[0]
+    category_id = cat.get("id")
+    if skeleton_name:
+        return category_id, skeletons.get(skeleton_name)
+    first = next((a for a in annotations if isinstance(a, dict) and isinstance(a.get("keypoints"), list)), None)
+    names = [str(n) for n in cat.get("keypoints") or []]
+    skel = skeletons.detect(names, len(first["keypoints"]) if first else None, set(first) if first else set())
+    if skel is None and names:
+        normalised = tuple(skeletons._norm(n) for n in names)
+        if len(set(normalised) & set(schema.COCO17_JOINTS)) >= 4:
+            # Unknown layout whose names include COCO joints: map by name, keep the rest as extras.
+            skel = skeletons.Skeleton(f"custom{len(names)}", normalised)
+    if skel is None:
+        detail = (f"keypoint names {names[:6]}{'...' if len(names) > 6 else ''} match no known skeleton"
+                  if names else "the category lists no keypoint names and the keypoint count is ambiguous")
+        _fatal(ctx, "unknown_skeleton", detail + "; pass --skeleton " + "|".join(sorted(skeletons.SKELETONS)), cat)
+    return category_id, skel
+
+
+def _resolve_image(images_dir: Path, file_name: str) -> tuple[Path | None, str | None]:
+    """The image file for a json ``file_name``, confined to ``images_dir``.
+
+    Returns (path, None), or (None, reason) when the name escapes the folder. Names that carry
+    the dataset's own root (Human-Art's ``HumanArt/images/...``) are found by dropping leading
+    folders; the resolved path is recorded in the image's provenance.
+    """
+    name = file_name.replace("\\", "/")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
+        return None, "path_escapes"
+    root = images_dir.resolve()
+    parts = pure.parts
+    for start in range(len(parts)):
+        candidate = root.joinpath(*parts[start:])
+        try:
+            resolved = candidate.resolve()
+        except OSError:
+            continue
+        if not resolved.is_relative_to(root):
+            return None, "path_escapes"
+        if resolved.is_file():
+            return resolved, None
+    return root.joinpath(*parts), None
+
+
+def _load_image(args: tuple[Path, bool]) -> tuple[bytes | None, Any]:
+    path, full = args
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, ImageProblem("image_missing", f"image file {path} does not exist")
+    except OSError as exc:
+        return None, ImageProblem("image_unreadable", f"cannot read {path} ({exc.strerror or exc})")
+    try:
+        return data, probe(data, full=full)
+    except ImageProblem as problem:
+        return None, problem
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _read_images(ctx: _Ctx, images: list) -> None:
+    report = ctx.report
+    report.images_read = len(images)
+    seen: set[int] = set()
+    pending: list[tuple[int, dict, Path, str]] = []
+    for i, rec in enumerate(images):
+        if not isinstance(rec, dict):
+            ctx.reject("image", None, i, None, "bad_type", f"record is {type(rec).__name__}, expected an object", rec)
+            continue
+        rid = rec.get("id")
+        problem = _image_field_problem(rec)
+        if problem:
+            fld, reason, detail = problem
+            ctx.reject("image", rid, i, fld, reason, detail, rec)
+            if _is_int(rid):
+                ctx.rejected_images.setdefault(rid, reason)
+            continue
+        if rid in seen:
+            ctx.reject("image", rid, i, "id", "duplicate_image_id", f"image id {rid} appears more than once", rec)
+            continue
+        seen.add(rid)
+        path, escape = _resolve_image(ctx.images_dir, rec["file_name"])
+        if escape:
+            ctx.reject("image", rid, i, "file_name", "path_escapes",
+                       f"'{rec['file_name']}' points outside the images folder {ctx.images_dir}", rec)
+            ctx.rejected_images[rid] = "path_escapes"
+            continue
+        pending.append((i, rec, path, rec["file_name"]))
+
+    owners = ctx.tx.image_owners()
+    by_sha: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=max(1, ctx.workers)) as pool:
+        chunks = [pending[k:k + _IMAGE_CHUNK] for k in range(0, len(pending), _IMAGE_CHUNK)]
+        iterator = ctx.progress.track(chunks, len(chunks), f"images ({len(pending)})")
+        for chunk in iterator:
+            loaded = pool.map(_load_image, [(p, ctx.full_verify) for _, _, p, _ in chunk])
+            for (i, rec, path, file_name), (data, info) in zip(chunk, loaded):
+                rid = rec["id"]
+                if isinstance(info, ImageProblem):
+                    fld = "file_name"
+                    ctx.reject("image", rid, i, fld, info.reason, f"{file_name}: {info.message}", rec)
+                    ctx.rejected_images[rid] = info.reason
+                    continue
+                if (info.width, info.height) != (rec["width"], rec["height"]):
+                    ctx.reject("image", rid, i, "width/height", "size_mismatch",
+                               f"json says {rec['width']}x{rec['height']} but {file_name} is {info.width}x{info.height}", rec)
+                    ctx.rejected_images[rid] = "size_mismatch"
+                    continue
+                image_id = schema.image_id_from_sha256(info.sha256)
+                if image_id in by_sha or (image_id in owners and owners[image_id] != ctx.file):
+                    other = f"image id {by_sha[image_id]}" if image_id in by_sha else f"file {owners[image_id]}"
+                    ctx.reject("image", rid, i, "file_name", "duplicate_image",
+                               f"{file_name} has the same content as {other} already in source {ctx.source}", rec)
+                    ctx.rejected_images[rid] = "duplicate_image"
+                    continue
+                by_sha[image_id] = rid
+                ctx.tx.put_image(data, info.sha256, info.format)
+                extra = {k: v for k, v in rec.items() if k not in _IMAGE_KEYS}
+                resolved = path.relative_to(ctx.images_dir.resolve()).as_posix()
+                if resolved != file_name.replace("\\", "/"):
+                    extra["resolved_path"] = resolved
+                ctx.image_rows.append(
+                    {
+                        "image_id": image_id, "source": ctx.source, "source_image_id": rid,
+                        "file_name": file_name, "width": info.width, "height": info.height,
+                        "sha256": info.sha256, "format": info.format, "num_bytes": info.num_bytes,
+                        "license": None if rec.get("license") is None else str(rec["license"]),
+                        "provenance": records.to_json(extra) if extra else None,
+                        "split": ctx.split, "source_file": ctx.file, "record_index": i, "batch_id": ctx.batch_id,
+                    }
+                )
+                ctx.accepted_images[rid] = (image_id, info.width, info.height)
+    report.images_accepted = len(ctx.image_rows)
+    report.images_rejected = report.images_read - report.images_accepted
+
+
+def _image_field_problem(rec: dict) -> tuple[str, str, str] | None:
+    for key in ("id", "file_name", "width", "height"):
+        if key not in rec:
+            return key, "missing_field", f"missing '{key}'"
+    if not _is_int(rec["id"]):
+        return "id", "bad_type", f"id {rec['id']!r} is not an integer"
+    if not isinstance(rec["file_name"], str) or not rec["file_name"]:
+        return "file_name", "bad_type", f"file_name {rec['file_name']!r} is not a non-empty string"
+    for key in ("width", "height"):
+        v = rec[key]
+        if not _is_int(v):
+            return key, "bad_type", f"{key} {v!r} is not an integer"
+        if v <= 0:
+            return key, "bad_value", f"{key} {v} is not positive"
+    return None
+
+
+def _read_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton):
+    report = ctx.report
+    report.annotations_read = len(annotations)
+    k = skel.num_joints
+    kp_field = "keypoints"
+    seen: set[int] = set()
+    # Structurally sound annotations, gathered for the vectorised checks.
+    idx: list[int] = []
+    kps: list[list] = []
+    boxes: list[Any] = []
+    sizes: list[tuple[int, int]] = []
+    image_ids: list[str] = []
+    for i, rec in enumerate(ctx.progress.track(annotations, len(annotations), "annotations")):
+        if not isinstance(rec, dict):
+            ctx.reject("annotation", None, i, None, "bad_type", f"record is {type(rec).__name__}, expected an object", rec)
+            continue
+        rid = rec.get("id")
+        if rid is None:
+            ctx.reject("annotation", None, i, "id", "missing_field", "missing 'id'", rec)
+            continue
+        if not _is_int(rid):
+            ctx.reject("annotation", rid, i, "id", "bad_type", f"id {rid!r} is not an integer", rec)
+            continue
+        if rid in seen:
+            ctx.reject("annotation", rid, i, "id", "duplicate_annotation_id", f"annotation id {rid} appears more than once", rec)
+            continue
+        seen.add(rid)
+        if rec.get("category_id") != category_id:
+            ctx.reject("annotation", rid, i, "category_id", "not_person_category",
+                       f"category_id {rec.get('category_id')!r} is not the person category {category_id}", rec)
+            continue
+        img = rec.get("image_id")
+        if img not in ctx.accepted_images:
+            if "image_id" not in rec:
+                ctx.reject("annotation", rid, i, "image_id", "missing_field", "missing 'image_id'", rec)
+            elif img in ctx.rejected_images:
+                ctx.reject("annotation", rid, i, "image_id", "image_rejected",
+                           f"image {img} was rejected ({ctx.rejected_images[img]})", rec)
+            else:
+                ctx.reject("annotation", rid, i, "image_id", "image_not_found", f"image id {img!r} is not in 'images'", rec)
+            continue
+        kp = rec.get(kp_field)
+        if isinstance(kp, list) and len(kp) != 3 * k:
+            # Human-Art keeps its 21 joints in a second field beside COCO-17's ``keypoints``.
+            alt = rec.get(f"keypoints_{k}")
+            if isinstance(alt, list) and len(alt) == 3 * k:
+                kp, kp_field = alt, f"keypoints_{k}"
+        if kp is None:
+            ctx.reject("annotation", rid, i, "keypoints", "missing_field", "missing 'keypoints'", rec)
+            continue
+        if not isinstance(kp, list) or len(kp) != 3 * k:
+            n = len(kp) if isinstance(kp, list) else type(kp).__name__
+            ctx.reject("annotation", rid, i, "keypoints", "keypoints_length",
+                       f"keypoints has {n} values, expected {3 * k} (3 x {k} joints of {skel.name})", rec)
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kp):
+            ctx.reject("annotation", rid, i, "keypoints", "bad_type", "keypoints holds non-numbers", rec)
+            continue
+        bbox = rec.get("bbox")
+        if bbox is None:
+            ctx.reject("annotation", rid, i, "bbox", "bbox_missing", "missing 'bbox'", rec)
+            continue
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            ctx.reject("annotation", rid, i, "bbox", "bbox_invalid", f"bbox {bbox!r} is not 4 numbers", rec)
+            continue
+        image_id, w, h = ctx.accepted_images[img]
+        idx.append(i)
+        kps.append(kp)
+        boxes.append(bbox)
+        sizes.append((w, h))
+        image_ids.append(image_id)
+
+    n = len(idx)
+    kp_arr = np.array(kps, dtype=np.float64).reshape(n, k, 3) if n else np.zeros((0, k, 3))
+    box_arr = np.array(boxes, dtype=np.float64).reshape(n, 4) if n else np.zeros((0, 4))
+    wh = np.array(sizes, dtype=np.float64).reshape(n, 2)
+    bad = _vector_checks(kp_arr, box_arr, wh, [annotations[i] for i in idx], skel, kp_field)
+    ok = np.ones(n, dtype=bool)
+    for row, (fld, reason, detail) in bad.items():
+        ok[row] = False
+        rec = annotations[idx[row]]
+        ctx.reject("annotation", rec.get("id"), idx[row], fld, reason, detail, rec)
+    report.annotations_rejected = report.annotations_read - int(ok.sum())
+    report.annotations_accepted = int(ok.sum())
+    keep = np.flatnonzero(ok)
+    return _instances(ctx, [annotations[idx[r]] for r in keep], kp_arr[keep], box_arr[keep],
+                      [image_ids[r] for r in keep], skel, [idx[r] for r in keep])
+
+
+def _vector_checks(kp: np.ndarray, box: np.ndarray, wh: np.ndarray, recs: list[dict],
+                   skel: skeletons.Skeleton, kp_field: str) -> dict[int, tuple[str, str, str]]:
+    """First problem of each bad row: row -> (field, reason, message detail)."""
+    bad: dict[int, tuple[str, str, str]] = {}
+    names = skel.joints
+
+    def flag(mask: np.ndarray, fld: str, reason: str, detail) -> None:
+        for row in np.flatnonzero(mask):
+            if row not in bad:
+                bad[int(row)] = (fld, reason, detail(int(row)))
+
+    if len(kp) == 0:
+        return bad
+    xy, v = kp[..., :2], kp[..., 2]
+    finite = np.isfinite(kp).all(axis=2)
+    flag(~finite.all(axis=1), "keypoints", "nonfinite_coordinate",
+         lambda r: f"joint {_first(~finite[r])} ({names[_first(~finite[r])]}) is NaN or infinite")
+    v_ok = np.isin(v, (0, 1, 2))
+    flag(~v_ok.all(axis=1), "keypoints", "bad_visibility",
+         lambda r: f"visibility {v[r][_first(~v_ok[r])]!r} at joint {_first(~v_ok[r])} "
+                   f"({names[_first(~v_ok[r])]}) is not 0, 1 or 2")
+    labelled = v > 0
+    neg = labelled & (xy < 0).any(axis=2)
+    flag(neg.any(axis=1), "keypoints", "negative_coordinate",
+         lambda r: f"joint {_first(neg[r])} ({names[_first(neg[r])]}) is at "
+                   f"({xy[r, _first(neg[r]), 0]:g}, {xy[r, _first(neg[r]), 1]:g})")
+    limit = wh[:, None, :] * (1 + OUTSIDE_TOLERANCE)
+    outside = labelled & (xy > limit).any(axis=2)
+    flag(outside.any(axis=1), "keypoints", "keypoint_outside_image",
+         lambda r: f"joint {_first(outside[r])} ({names[_first(outside[r])]}) at "
+                   f"({xy[r, _first(outside[r]), 0]:g}, {xy[r, _first(outside[r]), 1]:g}) is far outside "
+                   f"the {int(wh[r, 0])}x{int(wh[r, 1])} image")
+    num_field = "num_keypoints" if kp_field == "keypoints" else f"num_keypoints_{skel.num_joints}"
+    counted = labelled[:, : skel.counted_joints or skel.num_joints].sum(axis=1)
+    declared = np.array([_num(rec, num_field, skel.num_joints) for rec in recs], dtype=np.float64)
+    has_declared = ~np.isnan(declared)
+    mismatch = has_declared & (declared != counted)
+    flag(mismatch, num_field, "num_keypoints_mismatch",
+         lambda r: f"{num_field} is {declared[r]:g} but {counted[r]} joints have v>0")
+    finite_box = np.isfinite(box).all(axis=1)
+    flag(~finite_box, "bbox", "bbox_invalid", lambda r: f"bbox {box[r].tolist()} has NaN or infinite values")
+    neg_box = finite_box & ((box[:, 2] <= 0) | (box[:, 3] <= 0))
+    flag(neg_box, "bbox", "bbox_invalid", lambda r: f"bbox {box[r].tolist()} has a non-positive width or height")
+    tol = wh * BBOX_TOLERANCE + 1.0
+    outside_box = finite_box & (
+        (box[:, 0] < -tol[:, 0]) | (box[:, 1] < -tol[:, 1])
+        | (box[:, 0] + box[:, 2] > wh[:, 0] + tol[:, 0]) | (box[:, 1] + box[:, 3] > wh[:, 1] + tol[:, 1])
+    )
+    flag(outside_box, "bbox", "bbox_outside_image",
+         lambda r: f"bbox {box[r].tolist()} does not fit the {int(wh[r, 0])}x{int(wh[r, 1])} image")
+    for row, rec in enumerate(recs):
+        if row in bad:
+            continue
+        for key, kind in (("area", (int, float)), ("iscrowd", (int, bool))):
+            val = rec.get(key)
+            if val is not None and (not isinstance(val, kind) or (key == "area" and not (val >= 0))
+                                    or (key == "iscrowd" and val not in (0, 1))):
+                bad[row] = (key, "bad_value", f"{key} {val!r} is not valid")
+                break
+    return bad
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _num(rec: dict, key: str, k: int) -> float:
+    v = rec.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, image_ids: list[str],
+               skel: skeletons.Skeleton, record_indices: list[int], fixed_notes: tuple[str, ...] = ()):
+    n = len(recs)
+    coco = np.zeros((n, schema.NUM_JOINTS, 3), dtype=np.float32)
+    mapping = np.array(skel.coco_index)
+    src = np.flatnonzero(mapping >= 0)
+    coco[:, mapping[src], :] = kp[:, src, :]
+    coco[coco[..., 2] == 0] = 0  # unlabelled joints are (0, 0, 0), as in COCO
+    extra_idx = np.flatnonzero(mapping < 0)
+    extra_names = [skel.joints[j] for j in extra_idx]
+    notes_counter: Counter = ctx.report.notes
+    cols: dict[str, list] = {key: [] for key in (
+        "instance_id", "area", "iscrowd", "source_annotation_id", "segmentation", "notes",
+        "attributes", "extra_keypoints")}
+    known = _ANNOTATION_KEYS | {f"keypoints_{skel.num_joints}", f"num_keypoints_{skel.num_joints}"}
+    known |= {name for name, _ in skel.extra_fields}
+    for row, rec in enumerate(recs):
+        notes = list(fixed_notes)
+        area = rec.get("area")
+        if area is None:
+            area = float(box[row, 2] * box[row, 3])
+            notes.append("area_derived_from_bbox")
+        iscrowd = rec.get("iscrowd")
+        if iscrowd is None:
+            iscrowd = 0
+            notes.append("iscrowd_defaulted_to_0")
+        if rec.get("num_keypoints") is None and "visibility_assumed_visible" not in notes:
+            notes.append("num_keypoints_derived")
+        for note in notes:
+            notes_counter[note] += 1
+        extras = []
+        if len(extra_idx):
+            values = kp[row, extra_idx]
+            extras = [{"name": nm, "x": float(x), "y": float(y), "visibility": float(vv)}
+                      for nm, (x, y, vv) in zip(extra_names, values)]
+        for fld, fld_names in skel.extra_fields:
+            arr = rec.get(fld)
+            if isinstance(arr, list) and len(arr) == 3 * len(fld_names):
+                extras += [{"name": nm, "x": float(arr[3 * j]), "y": float(arr[3 * j + 1]),
+                            "visibility": float(arr[3 * j + 2])} for j, nm in enumerate(fld_names)]
+        unknown = {key: val for key, val in rec.items() if key not in known}
+        seg = rec.get("segmentation")
+        cols["instance_id"].append(schema.instance_id(ctx.source, f"ann:{rec['id']}"))
+        cols["area"].append(float(area))
+        cols["iscrowd"].append(bool(iscrowd))
+        cols["source_annotation_id"].append(rec["id"])
+        cols["segmentation"].append(None if seg is None else records.to_json(seg))
+        cols["notes"].append(notes)
+        cols["attributes"].append(records.to_json(unknown) if unknown else None)
+        cols["extra_keypoints"].append(extras or None)
+    cols.update(
+        record_index=record_indices,
+        image_id=image_ids, source=[ctx.source] * n, num_keypoints=(coco[..., 2] > 0).sum(axis=1).astype(np.int32),
+        skeleton=[skel.name] * n, source_file=[ctx.file] * n, annotator=[rec.get("annotator") for rec in recs],
+        batch_id=[ctx.batch_id] * n,
+    )
+    cols["annotator"] = [None if a is None else str(a) for a in cols["annotator"]]
+    return records.instances_table(cols, coco, box)
+
+
+# ----- MPII native json ---------------------------------------------------------------------
+def _read_mpii(ctx: _Ctx, doc: list, skeleton_name: str | None):
+    """MPII's json: one record per person with ``joints``, ``joints_vis`` and ``image``.
+
+    It has no boxes, ids or occlusion flags: boxes are derived from the joints (noted), ids are
+    record positions, and labelled joints are taken as visible (noted).
+    """
+    skel = skeletons.get(skeleton_name or "mpii16")
+    k = skel.num_joints
+    report = ctx.report
+    report.annotations_read = len(doc)
+    names = sorted({r["image"] for r in doc if isinstance(r, dict) and isinstance(r.get("image"), str)})
+    image_recs = []
+    for n_i, name in enumerate(names):
+        stem = PurePosixPath(name.replace("\\", "/")).stem
+        image_recs.append({"id": int(stem) if stem.isdigit() else n_i, "file_name": name})
+    # Sizes come from the files themselves: MPII's json does not carry them.
+    sized = []
+    for rec in image_recs:
+        path, escape = _resolve_image(ctx.images_dir, rec["file_name"])
+        info = None
+        if not escape and path is not None and path.is_file():
+            try:
+                info = probe(path.read_bytes())
+            except (OSError, ImageProblem):
+                info = None
+        sized.append({**rec, "width": info.width if info else 1, "height": info.height if info else 1})
+    _read_images(ctx, sized)
+    image_of = {rec["file_name"]: rec["id"] for rec in sized}
+    coco_like = []
+    for i, rec in enumerate(doc):
+        if not isinstance(rec, dict) or not isinstance(rec.get("joints"), list) or not isinstance(rec.get("joints_vis"), list):
+            ctx.reject("annotation", i, i, "joints", "missing_field", "record needs 'joints' and 'joints_vis' lists", rec)
+            continue
+        joints, vis = rec["joints"], rec["joints_vis"]
+        if len(joints) != k or len(vis) != k or not all(isinstance(j, list) and len(j) == 2 for j in joints):
+            ctx.reject("annotation", i, i, "joints", "keypoints_length",
+                       f"expected {k} joints of [x, y] and {k} flags, got {len(joints)} and {len(vis)}", rec)
+            continue
+        img = image_of.get(rec.get("image"))
+        if img not in ctx.accepted_images:
+            reason = ctx.rejected_images.get(img, "image_not_found")
+            ctx.reject("annotation", i, i, "image", "image_rejected" if img in ctx.rejected_images else "image_not_found",
+                       f"image {rec.get('image')!r} was not accepted ({reason})", rec)
+            continue
+        flat = []
+        for (x, y), v in zip(joints, vis):
+            flat += [x, y, 2 if v else 0]
+        _, w, h = ctx.accepted_images[img]
+        kp = np.array(flat, dtype=np.float64).reshape(k, 3)
+        coco_like.append((i, {"id": i, "image_id": img, "keypoints": flat,
+                              "bbox": records.bbox_from_keypoints(kp, w, h), "iscrowd": 0,
+                              "mpii": {"scale": rec.get("scale"), "center": rec.get("center")}}))
+    table = _mpii_instances(ctx, [r for _, r in coco_like], skel)
+    report.annotations_accepted = table.num_rows
+    report.annotations_rejected = report.annotations_read - table.num_rows
+    return table
+
+
+def _mpii_instances(ctx: _Ctx, recs: list[dict], skel: skeletons.Skeleton):
+    n = len(recs)
+    kp = np.array([r["keypoints"] for r in recs], dtype=np.float64).reshape(n, skel.num_joints, 3)
+    box = np.array([r["bbox"] for r in recs], dtype=np.float64).reshape(n, 4)
+    wh = np.array([ctx.accepted_images[r["image_id"]][1:] for r in recs], dtype=np.float64).reshape(n, 2)
+    bad = _vector_checks(kp, box, wh, recs, skel, "keypoints")
+    keep = [r for r in range(n) if r not in bad]
+    for row, (fld, reason, detail) in bad.items():
+        ctx.reject("annotation", recs[row]["id"], recs[row]["id"], fld, reason, detail, recs[row])
+    kept = [recs[r] for r in keep]
+    fixed = ("bbox_derived_from_joints", "visibility_assumed_visible")
+    return _instances(ctx, kept, kp[keep], box[keep], [ctx.accepted_images[r["image_id"]][0] for r in kept],
+                      skel, [r["id"] for r in kept], fixed)

@@ -1,0 +1,72 @@
+"""Image probing: format, size and integrity from the bytes, cheaply and without trusting names.
+
+A full decode of every image would dominate ingestion time, so the default check reads the
+header (format, size, pixel count) and the end-of-stream marker (JPEG EOI, PNG IEND), which
+catches the usual damage: truncated downloads, renamed non-images and decompression bombs.
+``full=True`` decodes the pixels as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+# PIL warns above ~89 Mpx and refuses above twice that; we decide ourselves, with a clear reason.
+MAX_PIXELS = 178_956_970
+_PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    sha256: str
+    num_bytes: int
+
+
+class ImageProblem(Exception):
+    """An image that cannot be accepted; ``reason`` is a stable code from schema.REASONS."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def probe(data: bytes, *, full: bool = False, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    if not data:
+        raise ImageProblem("not_an_image", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(io.BytesIO(data))
+                fmt = _PIL_FORMATS.get(im.format or "", (im.format or "unknown").lower())
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ImageProblem(
+                        "image_too_large",
+                        f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
+                    )
+                if full or fmt not in ("jpeg", "png"):
+                    im.load()
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except ImageProblem:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        text = str(exc)
+        if "truncated" in text.lower():
+            raise ImageProblem("image_truncated", f"image data is truncated ({text})") from None
+        raise ImageProblem("not_an_image", f"not a decodable image ({text})") from None
+    if fmt == "jpeg" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
+        raise ImageProblem("image_truncated", "JPEG has no end-of-image marker: the file is truncated")
+    if fmt == "png" and data.rfind(b"IEND", max(0, len(data) - 64)) < 0:
+        raise ImageProblem("image_truncated", "PNG has no IEND chunk: the file is truncated")
+    return ImageInfo(fmt, int(width), int(height), hashlib.sha256(data).hexdigest(), len(data))

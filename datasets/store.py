@@ -1,0 +1,317 @@
+"""The canonical pose store: Parquet tables per source plus content-addressed image shards.
+
+Layout under the store root (default ``data/store``)::
+
+    STORE.json                               schema version
+    shards/<hash>.tar                        image bytes, append-only (see shards.py)
+    tables/<source>/images.parquet           one folder per source (name url-quoted)
+    tables/<source>/instances.parquet
+    tables/<source>/rejects.parquet
+    tables/<source>/batches.parquet
+
+Plain pandas or duckdb read it directly, e.g.
+``duckdb.sql("select * from 'data/store/tables/*/instances.parquet'")``.
+
+Writes go through :class:`Transaction`. A commit writes every changed table of the source as
+a pending file, then an intent journal, then renames; a crash before the journal leaves the
+old tables, a crash after it is rolled forward the next time the store is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import atomic, schema
+from .errors import PosepipeError
+from .shards import ShardReader, ShardRef, ShardWriter
+
+DEFAULT_STORE = Path("data/store")
+_JOURNAL = ".commit.json"
+# The column naming the input file each row came from; rows are replaced per file.
+_FILE_COLUMN = {"images": "source_file", "instances": "source_file", "batches": "source_file", "rejects": "file"}
+_VALID_SOURCE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./")
+
+
+def validate_source_name(source: str) -> str:
+    if (
+        not source
+        or not set(source) <= _VALID_SOURCE_CHARS
+        or source.startswith(("/", "."))
+        or source.endswith("/")
+        or ".." in source.split("/")
+        or "//" in source
+    ):
+        raise PosepipeError(
+            f"invalid source name {source!r}: use letters, digits, '_', '-', '.' and '/' "
+            "(e.g. coco-train or synth/run1)"
+        )
+    return source
+
+
+def _source_dir_name(source: str) -> str:
+    return urllib.parse.quote(source, safe="-_.")
+
+
+class PoseStore:
+    def __init__(self, root: str | os.PathLike = DEFAULT_STORE):
+        self.root = Path(root)
+        self.shard_dir = self.root / "shards"
+        self.tables_dir = self.root / "tables"
+        self._reader: ShardReader | None = None
+        self._writing = False  # flock is per open file: our own write lock must not wait on itself
+
+    # ----- reading -------------------------------------------------------------------------
+    def sources(self) -> list[str]:
+        if not self.tables_dir.exists():
+            return []
+        names = []
+        for d in sorted(self.tables_dir.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and (d / "batches.parquet").exists():
+                names.append(urllib.parse.unquote(d.name))
+        return sorted(names)
+
+    def source_dir(self, source: str) -> Path:
+        return self.tables_dir / _source_dir_name(validate_source_name(source))
+
+    def table(self, name: str, sources: Iterable[str] | None = None) -> pa.Table:
+        """One table across the given sources (all when None), in the canonical schema."""
+        if name not in schema.TABLES:
+            raise ValueError(f"unknown table {name!r}")
+        parts = []
+        with self._shared_lock():
+            wanted = self.sources() if sources is None else list(sources)
+            for source in wanted:
+                path = _committed_path(self.source_dir(source), name)
+                if path.exists():
+                    parts.append(schema.conform(pq.read_table(path), name))
+        if not parts:
+            return schema.empty_table(name)
+        return pa.concat_tables(parts)
+
+    @contextlib.contextmanager
+    def _shared_lock(self) -> Iterator[None]:
+        """Readers wait for a commit in progress; a read-only store (a pulled release) needs none."""
+        if self._writing or not self.root.exists():
+            yield
+            return
+        try:
+            lock = open(self.root / ".lock", "a+")
+        except OSError:
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+
+    def images(self, sources: Iterable[str] | None = None) -> pa.Table:
+        return self.table("images", sources)
+
+    def instances(self, sources: Iterable[str] | None = None) -> pa.Table:
+        return self.table("instances", sources)
+
+    def rejects(self, sources: Iterable[str] | None = None) -> pa.Table:
+        return self.table("rejects", sources)
+
+    def batches(self, sources: Iterable[str] | None = None) -> pa.Table:
+        return self.table("batches", sources)
+
+    def read_image(self, shard: str, offset: int, num_bytes: int) -> bytes:
+        if self._reader is None:
+            self._reader = ShardReader(self.shard_dir)
+        return self._reader.read(shard, offset, num_bytes)
+
+    def image_index(self) -> dict[str, ShardRef]:
+        """sha256 -> where its bytes are, over every source (for de-duplication by content)."""
+        images = self.images()
+        if images.num_rows == 0:
+            return {}
+        cols = images.select(["sha256", "shard", "offset", "num_bytes"]).to_pydict()
+        return {
+            sha: ShardRef(shard, int(off), int(n))
+            for sha, shard, off, n in zip(cols["sha256"], cols["shard"], cols["offset"], cols["num_bytes"])
+        }
+
+    # ----- writing -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, source: str) -> Iterator["Transaction"]:
+        """Exclusive write access to one source; commits on normal exit, discards on error."""
+        validate_source_name(source)
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / "STORE.json"
+        if not marker.exists():
+            atomic.write_text(marker, json.dumps({"schema_version": schema.SCHEMA_VERSION}) + "\n")
+        with open(self.root / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._writing = True
+            try:
+                if self.tables_dir.exists():
+                    for source_dir in self.tables_dir.iterdir():
+                        _recover(source_dir)
+                tx = Transaction(self, source)
+                try:
+                    yield tx
+                except BaseException:
+                    tx.writer.abort()
+                    raise
+                tx.commit()
+            finally:
+                self._writing = False
+
+
+class Transaction:
+    """Stages per-file replacements of one source's rows and commits them together."""
+
+    def __init__(self, store: PoseStore, source: str):
+        self.store = store
+        self.source = source
+        self.dir = store.source_dir(source)
+        self.current = {name: self._read_current(name) for name in schema.TABLES}
+        self.index = store.image_index()
+        self.writer = ShardWriter(store.shard_dir)
+        self._replaced: set[str] = set()
+        self._new: dict[str, list[pa.Table]] = {name: [] for name in schema.TABLES}
+        self._image_owner: dict[str, str] | None = None
+
+    def _read_current(self, name: str) -> pa.Table:
+        path = _committed_path(self.dir, name)
+        if path.exists():
+            return schema.conform(pq.read_table(path), name)
+        return schema.empty_table(name)
+
+    # What is already there.
+    def file_sha256(self, source_file: str) -> str | None:
+        """The content hash this file had when last ingested into this source, if ever."""
+        batches = self.current["batches"]
+        if batches.num_rows == 0:
+            return None
+        mask = pc.equal(batches.column("source_file"), source_file)
+        hits = batches.filter(mask).column("file_sha256").to_pylist()
+        return hits[-1] if hits else None
+
+    def known_files(self) -> list[str]:
+        return sorted(set(self.current["batches"].column("source_file").to_pylist()))
+
+    def image_owners(self) -> dict[str, str]:
+        """image_id -> source_file for images this source already holds (excluding replaced files)."""
+        if self._image_owner is None:
+            images = self.current["images"]
+            ids = images.column("image_id").to_pylist()
+            files = images.column("source_file").to_pylist()
+            self._image_owner = {i: f for i, f in zip(ids, files)}
+        return {i: f for i, f in self._image_owner.items() if f not in self._replaced}
+
+    def has_image(self, sha256: str) -> bool:
+        return sha256 in self.index or sha256 in self.writer
+
+    def put_image(self, data: bytes, sha256: str, fmt: str) -> None:
+        """Store image bytes once per store, whatever source or file brings them."""
+        if not self.has_image(sha256):
+            self.writer.add(data, sha256, "jpg" if fmt == "jpeg" else fmt)
+
+    # Staging.
+    def replace_file(self, source_file: str, tables: dict[str, pa.Table]) -> None:
+        """Everything this source holds from ``source_file`` becomes ``tables`` on commit."""
+        self._replaced.add(source_file)
+        for name, table in tables.items():
+            self._new[name] = [t for t in self._new[name] if _not_from(t, name, source_file)]
+            self._new[name].append(schema.conform(table, name))
+
+    def remove_file(self, source_file: str) -> None:
+        self._replaced.add(source_file)
+        for name in self._new:
+            self._new[name] = [t for t in self._new[name] if _not_from(t, name, source_file)]
+
+    def commit(self) -> None:
+        refs = self.writer.close()
+        if not self._replaced:
+            return
+        out: dict[str, pa.Table] = {}
+        replaced = pa.array(sorted(self._replaced), type=pa.string())
+        for name in schema.TABLES:
+            old = self.current[name]
+            keep = pc.invert(pc.is_in(old.column(_FILE_COLUMN[name]), value_set=replaced))
+            keep = pc.fill_null(keep, True)
+            parts = [old.filter(keep)] + self._new[name]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            if name == "images":
+                table = _fill_shard_refs(table, refs, self.index)
+            out[name] = table
+        _check_unique(out["images"], "image_id", self.source)
+        _check_unique(out["instances"], "instance_id", self.source)
+        _commit_tables(self.dir, out)
+
+
+def _not_from(table: pa.Table, name: str, source_file: str) -> bool:
+    files = set(table.column(_FILE_COLUMN[name]).to_pylist()) if table.num_rows else set()
+    return source_file not in files
+
+
+def _fill_shard_refs(images: pa.Table, refs: dict[str, ShardRef], index: dict[str, ShardRef]) -> pa.Table:
+    shard = images.column("shard").to_pylist()
+    offset = images.column("offset").to_pylist()
+    sizes = images.column("num_bytes").to_pylist()
+    missing = []
+    for i, sha in enumerate(images.column("sha256").to_pylist()):
+        if shard[i] is not None:
+            continue
+        ref = refs.get(sha) or index.get(sha)
+        if ref is None:
+            missing.append(sha)
+            continue
+        shard[i], offset[i], sizes[i] = ref.shard, ref.offset, ref.num_bytes
+    if missing:
+        raise RuntimeError(f"{len(missing)} images were staged without their bytes (first {missing[0]})")
+    images = images.set_column(images.schema.get_field_index("shard"), "shard", pa.array(shard, pa.string()))
+    images = images.set_column(images.schema.get_field_index("offset"), "offset", pa.array(offset, pa.int64()))
+    return images.set_column(
+        images.schema.get_field_index("num_bytes"), "num_bytes", pa.array(sizes, pa.int64())
+    )
+
+
+def _check_unique(table: pa.Table, column: str, source: str) -> None:
+    values = table.column(column).to_numpy(zero_copy_only=False)
+    if len(values) != len(np.unique(values)):
+        uniq, counts = np.unique(values, return_counts=True)
+        dup = uniq[counts > 1][0]
+        raise RuntimeError(f"source {source}: {column} {dup} would appear twice; nothing was written")
+
+
+def _commit_tables(source_dir: Path, tables: dict[str, pa.Table]) -> None:
+    source_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        atomic.write_parquet(source_dir / f".{name}.parquet.pending", table)
+    atomic.write_text(source_dir / _JOURNAL, json.dumps(sorted(tables)))
+    _recover(source_dir)
+
+
+def _committed_path(source_dir: Path, name: str) -> Path:
+    """A journal left by a crashed writer means its pending files are the committed state."""
+    pending = source_dir / f".{name}.parquet.pending"
+    if (source_dir / _JOURNAL).exists() and pending.exists():
+        return pending
+    return source_dir / f"{name}.parquet"
+
+
+def _recover(source_dir: Path) -> None:
+    """Under the write lock: finish a journaled commit, or drop pending files of one that was not."""
+    journal = source_dir / _JOURNAL
+    if journal.exists():
+        for name in json.loads(journal.read_text()):
+            pending = source_dir / f".{name}.parquet.pending"
+            if pending.exists():
+                os.replace(pending, source_dir / f"{name}.parquet")
+        journal.unlink()
+    else:
+        for stray in source_dir.glob(".*.pending"):
+            stray.unlink()

@@ -1,0 +1,3 @@
+from posepipe.flows.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""posepipe.synth.core"""
