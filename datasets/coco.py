@@ -10,8 +10,8 @@ kept to pulling fields out of the parsed json.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -37,6 +37,7 @@ _ANNOTATION_KEYS = {
     "id", "image_id", "category_id", "keypoints", "num_keypoints", "bbox", "area", "iscrowd", "segmentation",
 }
 _IMAGE_CHUNK = 256
+_NUMBER_TYPES = {int, float}  # exact types: bool and numeric strings are not coordinates
 
 
 def display_path(path: Path) -> str:
@@ -113,8 +114,8 @@ def ingest_coco(
             report=report, rejects=records.Rejects(source, file_key, report.batch_id),
         )
         try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
+            doc = _parse_json(data)
+        except ValueError as exc:
             _fatal(ctx, "invalid_json", f"not valid json ({exc}); the file may be truncated", data[:2000])
         else:
             if isinstance(doc, list):
@@ -148,6 +149,18 @@ def _fatal(ctx: _Ctx, reason: str, detail: str, raw: Any) -> None:
         raw = raw.decode("utf-8", "replace")
     ctx.reject("file", None, None, None, reason, detail, raw)
     ctx.report.fatal = f"{ctx.file}: {detail}"
+
+
+def _parse_json(data: bytes) -> Any:
+    """orjson for speed; Python's json as a fallback because files written by Python may hold
+    NaN or Infinity literals, which must reach validation (and be rejected per record)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _unchanged_report(tx: Transaction, report: IngestReport, file_key: str) -> IngestReport:
@@ -428,15 +441,14 @@ def _read_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skel
             ctx.reject("annotation", rid, i, "keypoints", "keypoints_length",
                        f"keypoints has {n} values, expected {3 * k} (3 x {k} joints of {skel.name})", rec)
             continue
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in kp):
+        if not set(map(type, kp)) <= _NUMBER_TYPES:
             ctx.reject("annotation", rid, i, "keypoints", "bad_type", "keypoints holds non-numbers", rec)
             continue
         bbox = rec.get("bbox")
         if bbox is None:
             ctx.reject("annotation", rid, i, "bbox", "bbox_missing", "missing 'bbox'", rec)
             continue
-        if (not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not set(map(type, bbox)) <= _NUMBER_TYPES:
             ctx.reject("annotation", rid, i, "bbox", "bbox_invalid", f"bbox {bbox!r} is not 4 numbers", rec)
             continue
         image_id, w, h = ctx.accepted_images[img]
@@ -544,53 +556,51 @@ def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, ima
     coco[coco[..., 2] == 0] = 0  # unlabelled joints are (0, 0, 0), as in COCO
     extra_idx = np.flatnonzero(mapping < 0)
     extra_names = [skel.joints[j] for j in extra_idx]
-    notes_counter: Counter = ctx.report.notes
-    cols: dict[str, list] = {key: [] for key in (
-        "instance_id", "area", "iscrowd", "source_annotation_id", "segmentation", "notes",
-        "attributes", "extra_keypoints")}
     known = _ANNOTATION_KEYS | {f"keypoints_{skel.num_joints}", f"num_keypoints_{skel.num_joints}"}
     known |= {name for name, _ in skel.extra_fields}
-    for row, rec in enumerate(recs):
-        notes = list(fixed_notes)
-        area = rec.get("area")
-        if area is None:
-            area = float(box[row, 2] * box[row, 3])
-            notes.append("area_derived_from_bbox")
-        iscrowd = rec.get("iscrowd")
-        if iscrowd is None:
-            iscrowd = 0
-            notes.append("iscrowd_defaulted_to_0")
-        if rec.get("num_keypoints") is None and "visibility_assumed_visible" not in notes:
-            notes.append("num_keypoints_derived")
-        for note in notes:
-            notes_counter[note] += 1
-        extras = []
-        if len(extra_idx):
-            values = kp[row, extra_idx]
-            extras = [{"name": nm, "x": float(x), "y": float(y), "visibility": float(vv)}
-                      for nm, (x, y, vv) in zip(extra_names, values)]
-        for fld, fld_names in skel.extra_fields:
-            arr = rec.get(fld)
-            if isinstance(arr, list) and len(arr) == 3 * len(fld_names):
-                extras += [{"name": nm, "x": float(arr[3 * j]), "y": float(arr[3 * j + 1]),
-                            "visibility": float(arr[3 * j + 2])} for j, nm in enumerate(fld_names)]
-        unknown = {key: val for key, val in rec.items() if key not in known}
-        seg = rec.get("segmentation")
-        cols["instance_id"].append(schema.instance_id(ctx.source, f"ann:{rec['id']}"))
-        cols["area"].append(float(area))
-        cols["iscrowd"].append(bool(iscrowd))
-        cols["source_annotation_id"].append(rec["id"])
-        cols["segmentation"].append(None if seg is None else records.to_json(seg))
-        cols["notes"].append(notes)
-        cols["attributes"].append(records.to_json(unknown) if unknown else None)
-        cols["extra_keypoints"].append(extras or None)
-    cols.update(
-        record_index=record_indices,
+    # Column-wise comprehensions: this runs once per annotation of a full COCO, so keep it lean.
+    area = [rec.get("area") for rec in recs]
+    iscrowd = [rec.get("iscrowd") for rec in recs]
+    declared = [rec.get("num_keypoints") for rec in recs]
+    notes = []
+    for row in range(n):
+        row_notes = list(fixed_notes)
+        if area[row] is None:
+            area[row] = float(box[row, 2] * box[row, 3])
+            row_notes.append("area_derived_from_bbox")
+        if iscrowd[row] is None:
+            iscrowd[row] = 0
+            row_notes.append("iscrowd_defaulted_to_0")
+        if declared[row] is None and "visibility_assumed_visible" not in row_notes:
+            row_notes.append("num_keypoints_derived")
+        notes.append(row_notes)
+        ctx.report.notes.update(row_notes)
+    extras: list[list[dict] | None] = [None] * n
+    if len(extra_idx) or skel.extra_fields:
+        for row, rec in enumerate(recs):
+            row_extras = [{"name": nm, "x": float(x), "y": float(y), "visibility": float(vv)}
+                          for nm, (x, y, vv) in zip(extra_names, kp[row, extra_idx])]
+            for fld, fld_names in skel.extra_fields:
+                arr = rec.get(fld)
+                if isinstance(arr, list) and len(arr) == 3 * len(fld_names):
+                    row_extras += [{"name": nm, "x": float(arr[3 * j]), "y": float(arr[3 * j + 1]),
+                                    "visibility": float(arr[3 * j + 2])} for j, nm in enumerate(fld_names)]
+            extras[row] = row_extras or None
+    to_json = records.to_json
+    attributes = [
+        to_json({key: rec[key] for key in unknown}) if (unknown := rec.keys() - known) else None for rec in recs
+    ]
+    segmentation = [None if (seg := rec.get("segmentation")) is None else to_json(seg) for rec in recs]
+    ann_ids = [rec["id"] for rec in recs]
+    cols = dict(
+        instance_id=schema.instance_ids(ctx.source, [f"ann:{i}" for i in ann_ids]),
+        area=np.asarray(area, dtype=np.float64), iscrowd=[bool(c) for c in iscrowd],
+        source_annotation_id=ann_ids, segmentation=segmentation, notes=notes, attributes=attributes,
+        extra_keypoints=extras, record_index=record_indices,
         image_id=image_ids, source=[ctx.source] * n, num_keypoints=(coco[..., 2] > 0).sum(axis=1).astype(np.int32),
-        skeleton=[skel.name] * n, source_file=[ctx.file] * n, annotator=[rec.get("annotator") for rec in recs],
-        batch_id=[ctx.batch_id] * n,
+        skeleton=[skel.name] * n, source_file=[ctx.file] * n, batch_id=[ctx.batch_id] * n,
+        annotator=[None if (a := rec.get("annotator")) is None else str(a) for rec in recs],
     )
-    cols["annotator"] = [None if a is None else str(a) for a in cols["annotator"]]
     return records.instances_table(cols, coco, box)
 
 

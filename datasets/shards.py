@@ -56,8 +56,10 @@ class ShardWriter:
         info.size = len(data)
         info.mtime = 0  # fixed metadata: same images in the same order give the same shard bytes
         info.mode = 0o644
+        header = len(info.tobuf(tarfile.USTAR_FORMAT, self._tar.encoding, self._tar.errors))
+        offset = self._tar.offset + header  # the member's data follows its header
         self._tar.addfile(info, io.BytesIO(data))
-        self._pending[sha256] = (info.offset_data, len(data))
+        self._pending[sha256] = (offset, len(data))
         self._written += len(data) + 1024
 
     def _finish_shard(self) -> None:
