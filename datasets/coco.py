@@ -509,7 +509,7 @@ def _vector_checks(kp: np.ndarray, box: np.ndarray, wh: np.ndarray, recs: list[d
                    f"the {int(wh[r, 0])}x{int(wh[r, 1])} image")
     num_field = "num_keypoints" if kp_field == "keypoints" else f"num_keypoints_{skel.num_joints}"
     counted = labelled[:, : skel.counted_joints or skel.num_joints].sum(axis=1)
-    declared = np.array([_num(rec, num_field, skel.num_joints) for rec in recs], dtype=np.float64)
+    declared = np.array(_numbers([rec.get(num_field) for rec in recs]), dtype=np.float64)
     has_declared = ~np.isnan(declared)
     mismatch = has_declared & (declared != counted)
     flag(mismatch, num_field, "num_keypoints_mismatch",
@@ -525,15 +525,12 @@ def _vector_checks(kp: np.ndarray, box: np.ndarray, wh: np.ndarray, recs: list[d
     )
     flag(outside_box, "bbox", "bbox_outside_image",
          lambda r: f"bbox {box[r].tolist()} does not fit the {int(wh[r, 0])}x{int(wh[r, 1])} image")
-    for row, rec in enumerate(recs):
-        if row in bad:
-            continue
-        for key, kind in (("area", (int, float)), ("iscrowd", (int, bool))):
-            val = rec.get(key)
-            if val is not None and (not isinstance(val, kind) or (key == "area" and not (val >= 0))
-                                    or (key == "iscrowd" and val not in (0, 1))):
-                bad[row] = (key, "bad_value", f"{key} {val!r} is not valid")
-                break
+    areas = np.array(_numbers([rec.get("area") for rec in recs]), dtype=np.float64)
+    flag(~(areas >= 0) & ~np.isnan(areas), "area", "bad_value", lambda r: f"area {recs[r].get('area')!r} is not valid")
+    crowd = [rec.get("iscrowd") for rec in recs]
+    if not set(crowd) <= {0, 1, None} or not set(map(type, crowd)) <= {int, bool, type(None)}:
+        bad_crowd = np.array([c not in (0, 1, None) or isinstance(c, float) for c in crowd])
+        flag(bad_crowd, "iscrowd", "bad_value", lambda r: f"iscrowd {crowd[r]!r} is not 0 or 1")
     return bad
 
 
@@ -541,9 +538,13 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _num(rec: dict, key: str, k: int) -> float:
-    v = rec.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+def _numbers(values: list) -> list:
+    """Values for a float array: numbers stay, None becomes NaN (absent), anything else -inf.
+
+    -inf fails every range check, so a string or bool where a number belongs is rejected."""
+    if set(map(type, values)) <= _NUMBER_TYPES | {type(None)}:
+        return values  # numpy turns None into NaN
+    return [v if type(v) in _NUMBER_TYPES or v is None else -np.inf for v in values]
 
 
 def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, image_ids: list[str],
@@ -562,19 +563,21 @@ def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, ima
     area = [rec.get("area") for rec in recs]
     iscrowd = [rec.get("iscrowd") for rec in recs]
     declared = [rec.get("num_keypoints") for rec in recs]
-    notes = []
-    for row in range(n):
-        row_notes = list(fixed_notes)
-        if area[row] is None:
-            area[row] = float(box[row, 2] * box[row, 3])
-            row_notes.append("area_derived_from_bbox")
-        if iscrowd[row] is None:
-            iscrowd[row] = 0
-            row_notes.append("iscrowd_defaulted_to_0")
-        if declared[row] is None and "visibility_assumed_visible" not in row_notes:
-            row_notes.append("num_keypoints_derived")
-        notes.append(row_notes)
-        ctx.report.notes.update(row_notes)
+    # Which values were derived, as a 3-bit code per row, so notes cost no per-row Python work.
+    missing_area = np.fromiter((a is None for a in area), dtype=bool, count=n)
+    missing_crowd = np.fromiter((c is None for c in iscrowd), dtype=bool, count=n)
+    missing_num = np.fromiter((d is None for d in declared), dtype=bool, count=n)
+    if "visibility_assumed_visible" in fixed_notes:
+        missing_num[:] = False
+    code = missing_area * 1 + missing_crowd * 2 + missing_num * 4
+    names = ("area_derived_from_bbox", "iscrowd_defaulted_to_0", "num_keypoints_derived")
+    combos = [list(fixed_notes) + [nm for bit, nm in enumerate(names) if c >> bit & 1] for c in range(8)]
+    notes = [combos[c] for c in code.tolist()]
+    for c, count in enumerate(np.bincount(code, minlength=8).tolist()):
+        if count:
+            ctx.report.notes.update({nm: count for nm in combos[c]})
+    area = np.where(missing_area, box[:, 2] * box[:, 3], np.array(_numbers(area), dtype=np.float64))
+    iscrowd = [bool(c) for c in iscrowd]
     extras: list[list[dict] | None] = [None] * n
     if len(extra_idx) or skel.extra_fields:
         for row, rec in enumerate(recs):
@@ -594,7 +597,7 @@ def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, ima
     ann_ids = [rec["id"] for rec in recs]
     cols = dict(
         instance_id=schema.instance_ids(ctx.source, [f"ann:{i}" for i in ann_ids]),
-        area=np.asarray(area, dtype=np.float64), iscrowd=[bool(c) for c in iscrowd],
+        area=area, iscrowd=iscrowd,
         source_annotation_id=ann_ids, segmentation=segmentation, notes=notes, attributes=attributes,
         extra_keypoints=extras, record_index=record_indices,
         image_id=image_ids, source=[ctx.source] * n, num_keypoints=(coco[..., 2] > 0).sum(axis=1).astype(np.int32),
