@@ -1,6 +1,7 @@
 """Content-addressed, append-only image shards.
 
-Images are packed into plain tar files under ``<store>/shards/`` (a few hundred MB each at most),
+Images are packed into plain tar files under ``<store>/shards/<source>/`` (a few hundred MB each
+at most; one folder per source so each pipeline stage owns its own output folder in DVC),
 named by the sha256 of their own bytes, and never rewritten: a new ingestion batch adds new
 shards, so DVC hashes and pushes only what is new. Each image is one tar member named
 ``<sha256>.<ext>``; the images table records the shard and the byte offset of the member's data,
@@ -30,8 +31,9 @@ class ShardRef:
 class ShardWriter:
     """Writes images into new shards; ``close()`` names them by content and returns their refs."""
 
-    def __init__(self, shard_dir: Path, max_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+    def __init__(self, shard_dir: Path, max_bytes: int = DEFAULT_MAX_SHARD_BYTES, prefix: str = ""):
         self.shard_dir = Path(shard_dir)
+        self.prefix = prefix  # how refs name this folder relative to the shards root ("<source>/")
         self.max_bytes = max_bytes
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
@@ -70,6 +72,7 @@ class ShardWriter:
         digest = _file_sha256(self._tmp)
         name = f"{digest[:32]}.tar"
         final = self.shard_dir / name
+        name = self.prefix + name
         if final.exists():  # identical shard already there (same content): keep the old one
             self._tmp.unlink()
         else:
@@ -117,7 +120,8 @@ class ShardReader:
             self._pid = os.getpid()
         fd = self._fds.get(shard)
         if fd is None:
-            if "/" in shard or shard.startswith("."):
+            parts = shard.split("/")
+            if len(parts) > 2 or any(not p or p.startswith(".") for p in parts):
                 raise ValueError(f"bad shard name {shard!r}")
             fd = os.open(self.shard_dir / shard, os.O_RDONLY)
             self._fds[shard] = fd

@@ -3,7 +3,7 @@
 Layout under the store root (default ``data/store``)::
 
     STORE.json                               schema version
-    shards/<hash>.tar                        image bytes, append-only (see shards.py)
+    shards/<source>/<hash>.tar               image bytes, append-only (see shards.py)
     tables/<source>/images.parquet           one folder per source (name url-quoted)
     tables/<source>/instances.parquet
     tables/<source>/rejects.parquet
@@ -178,7 +178,8 @@ class Transaction:
         self.dir = store.source_dir(source)
         self.current = {name: self._read_current(name) for name in schema.TABLES}
         self.index = store.image_index()
-        self.writer = ShardWriter(store.shard_dir)
+        folder = _source_dir_name(source)
+        self.writer = ShardWriter(store.shard_dir / folder, prefix=f"{folder}/")
         self._replaced: set[str] = set()
         self._new: dict[str, list[pa.Table]] = {name: [] for name in schema.TABLES}
         self._image_owner: dict[str, str] | None = None

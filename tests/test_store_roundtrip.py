@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 
 import duckdb
@@ -71,11 +70,11 @@ def test_reingest_same_file_adds_nothing(coco_store, shared_data):
     mini = shared_data / "coco-mini"
     tables = sorted((coco_store.root / "tables").rglob("*.parquet"))
     before = {p: p.read_bytes() for p in tables}
-    shards_before = sorted(os.listdir(coco_store.shard_dir))
+    shards_before = sorted(str(p) for p in coco_store.shard_dir.rglob("*"))
     report = ingest_coco(coco_store, mini / "annotations/person_keypoints_train2017.json", mini / "train2017", "coco-train")
     assert report.unchanged and report.annotations_accepted == 172
     assert {p: p.read_bytes() for p in tables} == before
-    assert sorted(os.listdir(coco_store.shard_dir)) == shards_before
+    assert sorted(str(p) for p in coco_store.shard_dir.rglob("*")) == shards_before
 
 
 def test_changed_record_replaces_its_earlier_version(tmp_path, store, shared_data):
@@ -84,7 +83,7 @@ def test_changed_record_replaces_its_earlier_version(tmp_path, store, shared_dat
     path = tmp_path / "train.json"
     path.write_text(json.dumps(doc))
     ingest_coco(store, path, mini / "train2017", "c")
-    shards_before = set(os.listdir(store.shard_dir))
+    shards_before = set(store.shard_dir.rglob("*"))
     target = next(a for a in doc["annotations"] if a["num_keypoints"] > 0)
     target["bbox"] = [target["bbox"][0] + 1] + target["bbox"][1:]
     removed = doc["annotations"].pop(-1)
@@ -95,7 +94,7 @@ def test_changed_record_replaces_its_earlier_version(tmp_path, store, shared_dat
     assert len(inst) == 171 and removed["id"] not in inst
     assert inst[target["id"]]["bbox"][0] == pytest.approx(target["bbox"][0])
     assert store.batches().num_rows == 1  # the file's batch was replaced, not appended
-    assert set(os.listdir(store.shard_dir)) == shards_before  # images already stored: no new shard
+    assert set(store.shard_dir.rglob("*")) == shards_before  # images already stored: no new shard
 
 
 def test_images_are_deduplicated_by_content(store, shared_data):
@@ -106,7 +105,7 @@ def test_images_are_deduplicated_by_content(store, shared_data):
     ids_b = set(store.images(["b"]).column("image_id").to_pylist())
     assert ids_a == ids_b and len(ids_a) == 4
     members = []
-    for shard in store.shard_dir.glob("*.tar"):
+    for shard in store.shard_dir.rglob("*.tar"):
         with tarfile.open(shard) as tar:
             members += tar.getnames()
     assert len(members) == 4
@@ -123,7 +122,7 @@ def test_failed_transaction_leaves_store_unchanged(coco_store):
             tx.remove_file(tx.known_files()[0])
             raise RuntimeError("boom")
     assert {p: p.read_bytes() for p in (coco_store.root / "tables").rglob("*.parquet")} == before
-    assert not list(coco_store.shard_dir.glob(".tmp-*"))
+    assert not list(coco_store.shard_dir.rglob(".tmp-*"))
 
 
 def test_crash_after_journal_is_rolled_forward(coco_store):
