@@ -14,6 +14,9 @@ _LAZY = {
     "ingest_coco": "posepipe.datasets.coco",
     "export_coco": "posepipe.datasets.coco_export",
     "stats": "posepipe.datasets.stats",
+    "MixedRatioSampler": "posepipe.datasets.sampler",
+    "build_manifest": "posepipe.datasets.mix",
+    "MixConfig": "posepipe.datasets.mix",
 }
 
 __all__ = sorted(_LAZY)
