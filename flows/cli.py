@@ -27,6 +27,18 @@ app.add_typer(export_app, name="export")
 from posepipe.flows import cli_store  # noqa: E402  (registers its commands on the apps above)
 
 cli_store.register(app, ingest_app, export_app)
+from posepipe.flows import cli_version  # noqa: E402
+
+cli_version.register(app, ingest_app, export_app)
+from posepipe.flows import cli_train  # noqa: E402
+
+cli_train.register(app, ingest_app, export_app)
+from posepipe.flows import cli_annotate  # noqa: E402
+
+cli_annotate.register(app, ingest_app, export_app)
+from posepipe.flows import cli_mix  # noqa: E402
+
+cli_mix.register(app, ingest_app, export_app)
 
 
 def main(argv: list[str] | None = None) -> None:
