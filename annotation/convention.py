@@ -23,22 +23,6 @@ JOINTS: tuple[str, ...] = schema.COCO17_JOINTS
 JOINT_INDEX = schema.JOINT_INDEX
 LABELS: tuple[str, ...] = (PERSON_LABEL, *JOINTS)
 
-# Codes for problems specific to LabelMe files; messages carry the specifics.
-REASONS: dict[str, str] = {
-    "no_keypoints": "the file holds no person following the convention (no joint points, no grouped person box)",
-    "unknown_label": "a shape label is neither 'person' nor a COCO joint name",
-    "duplicate_joint": "the same joint appears twice in one person",
-    "ambiguous_person": "a shape without group_id in an image with several people",
-    "implausible_person": "a person's joints give no usable box or lie far outside its rectangle",
-    "wrong_shape_type": "a joint is not a point shape, or a person is not a rectangle",
-    "bad_point_count": "a shape has the wrong number of points for its type",
-    "bad_image_data": "imageData is not valid base64",
-}
-# Registered with the store's reason codes so Rejects accepts them and listings can explain them.
-for _code, _text in REASONS.items():
-    schema.REASONS.setdefault(_code, _text)
-
-
 def normalise_label(label: str) -> str:
     """'Left Eye', 'left-eye' and 'left_eye' are the same label."""
     return "_".join(label.strip().lower().replace("-", " ").split())

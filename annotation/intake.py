@@ -164,9 +164,7 @@ def ingest_labelme(
     paths = _json_files(root, quarantine_dir)
     rejected: list[tuple[Path, bytes, FileOutcome]] = []
     with store.transaction(source) as tx:
-        # Last ingested hash of every file, built once (tx.file_sha256 scans the batches per call).
-        batches = tx.current["batches"]
-        last_sha = dict(zip(batches.column("source_file").to_pylist(), batches.column("file_sha256").to_pylist()))
+        last_sha = tx.file_hashes()
         changed = _changed_files(root, paths, last_sha, report)
         gone = _missing(tx, folder_key, {c[1] for c in changed} | {f.file for f in report.files}, report, prune)
         # Images stay claimed only by files this run leaves alone; the others claim theirs anew.
@@ -208,7 +206,7 @@ def ingest_labelme(
             staged["batches"].append(_batch_row(file_report, sha, annotator, quarantine_mode))
         keys = [c[1] for c in changed] + gone
         if keys:
-            _stage(tx, keys, _tables(staged, accepted))
+            tx.replace_files(keys, _tables(staged, accepted))
     report.check_balance()
     for path, data, outcome in rejected:
         outcome.quarantined_to = _quarantine(root, quarantine_dir, path, data, outcome, quarantine_mode, report)
@@ -578,18 +576,6 @@ def _tables(staged: dict[str, list], accepted: list[_Accepted]) -> dict[str, pa.
         "rejects": rejects,
         "batches": pa.Table.from_pylist(staged["batches"], schema=schema.BATCHES_SCHEMA),
     }
-
-
-def _stage(tx: Transaction, file_keys: list[str], tables: dict[str, pa.Table]) -> None:
-    """Replace what every listed file gave before with ``tables`` (rows of all of them).
-
-    ``Transaction.replace_file`` re-scans every table staged before it, so one call per file is
-    quadratic in the number of files; marking each file replaced, then staging all rows in one
-    call, is the same commit in linear time.
-    """
-    for key in file_keys:
-        tx.remove_file(key)
-    tx.replace_file(file_keys[-1], tables)
 
 
 def _missing(tx: Transaction, folder_key: str, seen: set[str], report: IntakeReport, prune: bool) -> list[str]:

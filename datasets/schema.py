@@ -190,6 +190,15 @@ REASONS: dict[str, str] = {
     "bbox_invalid": "the bbox is malformed, negative or empty",
     "bbox_outside_image": "the bbox lies outside the image",
     "bad_value": "a field has a value outside its allowed range",
+    # LabelMe files (annotation/intake.py)
+    "no_keypoints": "the file holds no person following the convention (no joint points, no grouped person box)",
+    "unknown_label": "a shape label is neither 'person' nor a COCO joint name",
+    "duplicate_joint": "the same joint appears twice in one person",
+    "ambiguous_person": "a shape without group_id in an image with several people",
+    "implausible_person": "a person's joints give no usable box or lie far outside its rectangle",
+    "wrong_shape_type": "a joint is not a point shape, or a person is not a rectangle",
+    "bad_point_count": "a shape has the wrong number of points for its type",
+    "bad_image_data": "imageData is not valid base64",
 }
 
 

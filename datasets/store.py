@@ -181,8 +181,13 @@ class Transaction:
         folder = _source_dir_name(source)
         self.writer = ShardWriter(store.shard_dir / folder, prefix=f"{folder}/")
         self._replaced: set[str] = set()
-        self._new: dict[str, list[pa.Table]] = {name: [] for name in schema.TABLES}
+        # Staged rows, in groups: each group replaces a set of input files at once.
+        self._groups: dict[int, tuple[list[str], dict[str, pa.Table]]] = {}
+        self._group_of: dict[str, int] = {}
+        self._next_group = 0
         self._image_owner: dict[str, str] | None = None
+        batches = self.current["batches"]
+        self._last_sha = dict(zip(batches.column("source_file").to_pylist(), batches.column("file_sha256").to_pylist()))
 
     def _read_current(self, name: str) -> pa.Table:
         path = _committed_path(self.dir, name)
@@ -193,12 +198,11 @@ class Transaction:
     # What is already there.
     def file_sha256(self, source_file: str) -> str | None:
         """The content hash this file had when last ingested into this source, if ever."""
-        batches = self.current["batches"]
-        if batches.num_rows == 0:
-            return None
-        mask = pc.equal(batches.column("source_file"), source_file)
-        hits = batches.filter(mask).column("file_sha256").to_pylist()
-        return hits[-1] if hits else None
+        return self._last_sha.get(source_file)
+
+    def file_hashes(self) -> dict[str, str]:
+        """Every input file this source holds -> its content hash when last ingested."""
+        return dict(self._last_sha)
 
     def known_files(self) -> list[str]:
         return sorted(set(self.current["batches"].column("source_file").to_pylist()))
@@ -223,15 +227,26 @@ class Transaction:
     # Staging.
     def replace_file(self, source_file: str, tables: dict[str, pa.Table]) -> None:
         """Everything this source holds from ``source_file`` becomes ``tables`` on commit."""
-        self._replaced.add(source_file)
-        for name, table in tables.items():
-            self._new[name] = [t for t in self._new[name] if _not_from(t, name, source_file)]
-            self._new[name].append(schema.conform(table, name))
+        self.replace_files([source_file], tables)
+
+    def replace_files(self, source_files: list[str], tables: dict[str, pa.Table]) -> None:
+        """Everything this source holds from these files becomes ``tables`` (rows of any of them)."""
+        for source_file in source_files:
+            self.remove_file(source_file)
+        self._next_group += 1
+        gid = self._next_group
+        self._groups[gid] = (list(source_files), {name: schema.conform(t, name) for name, t in tables.items()})
+        for source_file in source_files:
+            self._group_of[source_file] = gid
 
     def remove_file(self, source_file: str) -> None:
+        """Drop what this source holds from ``source_file`` (and anything staged for it)."""
         self._replaced.add(source_file)
-        for name in self._new:
-            self._new[name] = [t for t in self._new[name] if _not_from(t, name, source_file)]
+        gid = self._group_of.pop(source_file, None)
+        if gid is not None:
+            files, _ = self._groups.pop(gid)
+            for other in files:
+                self._group_of.pop(other, None)
 
     def commit(self) -> None:
         refs = self.writer.close()
@@ -243,7 +258,7 @@ class Transaction:
             old = self.current[name]
             keep = pc.invert(pc.is_in(old.column(_FILE_COLUMN[name]), value_set=replaced))
             keep = pc.fill_null(keep, True)
-            parts = [old.filter(keep)] + self._new[name]
+            parts = [old.filter(keep)] + [t[name] for _, t in self._groups.values() if name in t]
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if name == "images":
                 table = _fill_shard_refs(table, refs, self.index)
@@ -251,11 +266,6 @@ class Transaction:
         _check_unique(out["images"], "image_id", self.source)
         _check_unique(out["instances"], "instance_id", self.source)
         _commit_tables(self.dir, out)
-
-
-def _not_from(table: pa.Table, name: str, source_file: str) -> bool:
-    files = set(table.column(_FILE_COLUMN[name]).to_pylist()) if table.num_rows else set()
-    return source_file not in files
 
 
 def _fill_shard_refs(images: pa.Table, refs: dict[str, ShardRef], index: dict[str, ShardRef]) -> pa.Table:
