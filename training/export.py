@@ -1,0 +1,257 @@
+"""Export a checkpoint to ONNX (FP32), check it against PyTorch, and quantize it to static INT8.
+
+INT8 uses ONNX Runtime's quantizer (torch.ao.quantization is deprecated): QDQ format, per-channel
+weights, activations calibrated (min/max) on crops of real and synthetic people from the
+manifest. Nodes that lose too much accuracy can stay in float with ``exclude_nodes``.
+
+The report (``export_report.json`` and ``export_report.md``) gives file sizes, CPU latency per
+image of both models measured side by side in this one process, the COCO keypoint AP of both on
+the same real validation set, and the largest absolute difference between ONNX FP32 and PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from posepipe.datasets import atomic
+from posepipe.datasets.errors import PosepipeError
+from posepipe.datasets.progress import NoProgress, Progress
+from posepipe.datasets.store import PoseStore
+
+from . import evaluate
+from posepipe.datasets.instance_dataset import Instances, load_instances
+
+from .data import PoseDataset, load_manifest
+from .model import ModelConfig, build_model
+
+FP32_NAME = "model.fp32.onnx"
+INT8_NAME = "model.int8.onnx"
+OPSET = 17
+# ONNX FP32 must agree with PyTorch to this much on every heatmap value.
+MAX_ABS_DIFF = 1e-3
+TARGETS = {"size_ratio": 0.3, "latency_ratio": 0.5, "ap_drop_points": 1.0}
+
+
+@dataclass
+class ExportOptions:
+    calibration: int = 64  # crops fed to the calibrator
+    exclude_nodes: list[str] = field(default_factory=list)
+    latency_runs: int = 50
+    threads: int = 0  # ONNX Runtime intra-op threads; 0: its default (all cores)
+    seed: int = 0
+    val_sources: list[str] | None = None  # when the manifest has no real val rows
+
+
+def load_model(checkpoint: Path):
+    from .train import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    config = ModelConfig.from_dict(ckpt["config"])
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), config
+
+
+def export_fp32(model, config: ModelConfig, target: Path) -> None:
+    import torch
+
+    h, w = config.input_size
+    with atomic.atomic_path(target) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter: the dynamo one needs onnxscript, which this project does not ship.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, 3, h, w),), str(tmp), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["heatmaps"],
+                          dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}})
+
+
+def session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(sess):
+    name = sess.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    return run
+
+
+def _subset(ins: Instances, positions) -> Instances:
+    return replace(ins, **{f: getattr(ins, f)[positions] for f in ins.__dataclass_fields__})
+
+
+def calibration_crops(store: PoseStore, rows, config: ModelConfig, count: int, seed: int) -> tuple[np.ndarray, dict]:
+    """``count`` plain crops (no augmentation), half real and half synthetic where both exist."""
+    rng = np.random.default_rng(seed)
+    kinds = {k: rows[rows["source_kind"] == k] for k in ("real", "synthetic")}
+    kinds = {k: v for k, v in kinds.items() if len(v)}
+    if not kinds:
+        raise PosepipeError("the manifest has no rows to calibrate on")
+    picked, counts = [], {}
+    for i, (kind, part) in enumerate(sorted(kinds.items())):
+        want = count // len(kinds) + (1 if i < count % len(kinds) else 0)
+        take = rng.choice(len(part), size=min(want, len(part)), replace=False)
+        picked += list(part["instance_id"].iloc[np.sort(take)])
+        counts[kind] = int(len(take))
+    ins = load_instances(store, picked, what="calibration set")
+    dataset = PoseDataset(store, ins, config.input_size, train=False)
+    return np.stack([dataset.sample(i)["image"] for i in range(len(dataset))]), counts
+
+
+class CropReader:
+    """onnxruntime's CalibrationDataReader over prepared crops, one image per call."""
+
+    def __init__(self, input_name: str, crops: np.ndarray):
+        self.input_name, self.crops, self.pos = input_name, crops, 0
+
+    def get_next(self):
+        if self.pos >= len(self.crops):
+            return None
+        self.pos += 1
+        return {self.input_name: self.crops[self.pos - 1 : self.pos]}
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+
+def quantize_int8(fp32: Path, target: Path, crops: np.ndarray, exclude_nodes: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    names = {n.name for n in onnx.load(str(fp32)).graph.node}
+    unknown = [n for n in exclude_nodes if n not in names]
+    if unknown:
+        raise PosepipeError(f"{fp32}: no node named {unknown[0]!r} to exclude (nodes: {', '.join(sorted(names)[:8])}, ...)")
+    with atomic.atomic_path(target.with_suffix(".pre.onnx")) as pre, atomic.atomic_path(target) as tmp:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), CropReader("input", crops), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude_nodes))
+    target.with_suffix(".pre.onnx").unlink(missing_ok=True)
+
+
+def side_by_side_latency(sessions: dict, image: np.ndarray, runs: int) -> dict[str, float]:
+    """Median milliseconds per image, the models taking turns so both see the same machine state."""
+    feeds = {k: {s.get_inputs()[0].name: image} for k, s in sessions.items()}
+    for k, s in sessions.items():  # warm up
+        for _ in range(5):
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, store: str | Path | None = None,
+                 options: ExportOptions | None = None, progress: Progress | None = None) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    opts = options or ExportOptions()
+    progress = progress or NoProgress()
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not checkpoint.is_file():
+        raise PosepipeError(f"{checkpoint}: checkpoint not found")
+    if opts.calibration < 1:
+        raise PosepipeError("--calibration must be at least 1")
+    man = load_manifest(manifest, store)
+    pose_store = PoseStore(man.store_root)
+    model, config = load_model(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = out / FP32_NAME, out / INT8_NAME
+
+    export_fp32(model, config, fp32_path)
+    val_rows = man.split("val")
+    val_rows = val_rows[val_rows["source_kind"] == "real"]
+    if len(val_rows):
+        val = evaluate.validation_set(pose_store, val_rows["instance_id"])
+    elif opts.val_sources:
+        val = evaluate.validation_set(pose_store, sources=opts.val_sources)
+    else:
+        raise PosepipeError(f"{man.folder}: the manifest has no real 'val' rows; pass --val-source")
+    check_set = PoseDataset(pose_store, _subset(val.instances, slice(0, 16)), config.input_size, train=False)
+    check = np.stack([check_set.sample(i)["image"] for i in range(len(check_set))])
+    fp32 = session(fp32_path, opts.threads)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(check)).numpy()
+    max_abs_diff = float(np.abs(onnx_predictor(fp32)(check) - expected).max())
+    if max_abs_diff > MAX_ABS_DIFF:
+        raise PosepipeError(f"{fp32_path}: ONNX and PyTorch differ by {max_abs_diff:.2e} (limit {MAX_ABS_DIFF})")
+
+    train_rows = man.split("train")
+    crops, calib_counts = calibration_crops(pose_store, train_rows if len(train_rows) else man.rows, config,
+                                            opts.calibration, opts.seed)
+    quantize_int8(fp32_path, int8_path, crops, opts.exclude_nodes)
+    int8 = session(int8_path, opts.threads)
+
+    latency = side_by_side_latency({"fp32": fp32, "int8": int8}, check[:1], opts.latency_runs)
+    ap = {}
+    for name, sess in progress.track([("fp32", fp32), ("int8", int8)], 2, "scoring FP32 and INT8"):
+        ap[name] = evaluate.score(onnx_predictor(sess), pose_store, val, config.input_size, out / f"eval_{name}")
+
+    size_fp32, size_int8 = fp32_path.stat().st_size, int8_path.stat().st_size
+    report = {
+        "checkpoint": str(checkpoint), "model": config.name, "input_size": list(config.input_size),
+        "onnxruntime": ort.__version__, "opset": OPSET, "threads": opts.threads or "default",
+        "size_fp32": size_fp32, "size_int8": size_int8, "size_ratio": size_int8 / size_fp32,
+        "latency_fp32_ms": latency["fp32"], "latency_int8_ms": latency["int8"],
+        "latency_ratio": latency["int8"] / latency["fp32"], "latency_runs": opts.latency_runs,
+        "ap_fp32": ap["fp32"]["AP"], "ap_int8": ap["int8"]["AP"],
+        "ap_drop_points": (ap["fp32"]["AP"] - ap["int8"]["AP"]) * 100,
+        "metrics_fp32": ap["fp32"], "metrics_int8": ap["int8"],
+        "max_abs_diff": max_abs_diff, "validation_people": len(val.instances),
+        "calibration_images": calib_counts, "excluded_nodes": list(opts.exclude_nodes),
+        "quantization": "static QDQ, per-channel int8 weights, uint8 activations, min/max calibration",
+    }
+    report["targets"] = {
+        "size_ratio<=0.3": report["size_ratio"] <= TARGETS["size_ratio"],
+        "latency_ratio<=0.5": report["latency_ratio"] <= TARGETS["latency_ratio"],
+        "ap_drop<=1.0": report["ap_drop_points"] <= TARGETS["ap_drop_points"],
+    }
+    atomic.write_text(out / "export_report.json", json.dumps(report, indent=2))
+    atomic.write_text(out / "export_report.md", report_markdown(report))
+    return report
+
+
+def report_markdown(r: dict) -> str:
+    t = r["targets"]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return "\n".join([
+        f"# Export report: {r['model']} ({r['input_size'][0]}x{r['input_size'][1]})",
+        "",
+        f"Checkpoint `{r['checkpoint']}`; ONNX Runtime {r['onnxruntime']}, {r['threads']} threads; "
+        f"{r['validation_people']} validation people; calibration on {r['calibration_images']}.",
+        "",
+        "| | FP32 | INT8 | INT8 / FP32 | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| file size (bytes) | {r['size_fp32']} | {r['size_int8']} | {r['size_ratio']:.3f} | <= 0.3 ({mark(t['size_ratio<=0.3'])}) |",
+        f"| CPU latency per image (ms) | {r['latency_fp32_ms']:.3f} | {r['latency_int8_ms']:.3f} | "
+        f"{r['latency_ratio']:.3f} | <= 0.5 ({mark(t['latency_ratio<=0.5'])}) |",
+        f"| COCO keypoint AP | {r['ap_fp32']:.4f} | {r['ap_int8']:.4f} | drop {r['ap_drop_points']:.2f} points | "
+        f"<= 1.0 point ({mark(t['ap_drop<=1.0'])}) |",
+        "",
+        f"Largest absolute difference ONNX FP32 vs PyTorch: {r['max_abs_diff']:.2e}.",
+        f"Excluded from quantization: {', '.join(r['excluded_nodes']) or 'nothing'}.",
+        "",
+    ])
