@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 
 from . import schema
 from .store import PoseStore
@@ -73,8 +74,6 @@ def _split_counts(manifest_dir: Path) -> dict[str, dict[str, int]]:
     path = manifest_dir / "manifest.parquet"
     if not path.exists():
         return {}
-    import pyarrow.parquet as pq
-
     table = pq.read_table(path, columns=["source", "split"]).to_pylist()
     counts: dict[str, dict[str, int]] = {}
     for row in table:

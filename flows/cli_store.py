@@ -88,16 +88,27 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         source: Optional[List[str]] = typer.Option(None, "--source", help="Only these sources (repeatable)."),
         store: Path = StoreOption,
         json_out: bool = JsonOption,
+        out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON here (a DVC metrics file)."),
+        plot: Optional[Path] = typer.Option(
+            None, "--plot", help="Write visibility rows (source, visibility, joints) here as JSON, for dvc plots."),
     ) -> None:
         """Counts per source (read = accepted + rejected), visibility histograms, image counts."""
+        import json
+
         from rich.table import Table
 
-        from posepipe.datasets import stats
+        from posepipe.datasets import atomic, stats
         from posepipe.datasets.store import PoseStore
 
         from .cli_common import stderr
 
         data = stats.stats(PoseStore(store), _known(store, source))
+        if out:
+            atomic.write_text(out, json.dumps(data, indent=2) + "\n")
+        if plot:
+            rows = [{"source": name, "visibility": key, "joints": count}
+                    for name, s in data["sources"].items() for key, count in s["visibility"].items()]
+            atomic.write_text(plot, json.dumps(rows, indent=2) + "\n")
         if json_out:
             emit_json(data)
             return

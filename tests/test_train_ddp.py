@@ -29,6 +29,8 @@ def test_two_process_run_loss_falls(trained_run):
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     # Not learning keeps the loss near the first steps' value (~0.015); learning takes it well below.
     assert last < 0.85 * first, (first, last)
+    curve = json.loads((trained_run / "train_curve.json").read_text())  # the dvc plots file
+    assert [c["loss"] for c in curve] == losses
     ckpt = load_checkpoint(trained_run / CHECKPOINT)
     assert ckpt["epoch"] == RUN_EPOCHS and ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     # Each rank had its own seed, so their RNG states differ.

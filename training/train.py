@@ -45,6 +45,7 @@ from .model import ModelConfig, build_model, get_config
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
+CURVE = "train_curve.json"  # the step losses as one json list, for `dvc plots`
 CHECKPOINT_FORMAT = "posepipe-checkpoint/1"
 
 
@@ -292,6 +293,9 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
             sys.stderr.write(f"COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, "
                              f"AR {metrics['AR']:.4f}) on {metrics['num_instances']} people -> {out}/metrics.json\n")
         log.write(event="end", step=step, **{k: v for k, v in result.items() if k != "metrics"})
+        events = [json.loads(line) for line in (out / LOG).read_text().splitlines() if line]
+        curve = [{k: e[k] for k in ("step", "epoch", "loss", "lr")} for e in events if e.get("event") == "step"]
+        atomic.write_text(out / CURVE, json.dumps(curve, indent=1))
         atomic.write_text(out / "train_result.json", json.dumps(result, indent=2))
     dist.barrier()
     return result
