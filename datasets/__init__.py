@@ -17,6 +17,9 @@ _LAZY = {
     "MixedRatioSampler": "posepipe.datasets.sampler",
     "build_manifest": "posepipe.datasets.mix",
     "MixConfig": "posepipe.datasets.mix",
+    "InstanceDataset": "posepipe.datasets.instance_dataset",
+    # Releases are pulled with DVC, which lives in the orchestration layer (posepipe.flows).
+    "open_release": "posepipe.flows.versioning",
 }
 
 __all__ = sorted(_LAZY)

@@ -128,7 +128,9 @@ def test_fresh_clone_pulls_each_release_exactly(released, tmp_path):
 
 
 def test_open_release_gives_frame_and_dataset(released, tmp_path):
-    frame, dataset = versioning.open_release("B", released["repo"], cache_dir=tmp_path / "cache")
+    from posepipe.datasets import open_release
+
+    frame, dataset = open_release("B", released["repo"], cache_dir=tmp_path / "cache")
     assert set(frame["split"]) <= {"train", "val", "test"}
     assert len(dataset) == int((frame["split"] == "train").sum())
     item = dataset[0]
