@@ -26,10 +26,13 @@ PIPELINE = {
             },
         },
         "mix": {
-            "cmd": "posepipe mix --params params.yaml --out data/mix --store ${store}",
+            "cmd": ["posepipe mix --params params.yaml --out data/mix --store ${store}",
+                    "posepipe stats --store ${store} --out metrics/dataset.json --plot metrics/visibility.json"],
             "deps": ["${store}/tables"],
             "params": ["mix"],
             "outs": ["data/mix"],
+            "metrics": [{"metrics/dataset.json": {"cache": False}}],
+            "plots": [{"metrics/visibility.json": {"cache": False, "x": "source", "y": "joints"}}],
         },
     }
 }
@@ -143,6 +146,15 @@ def test_diff_reports_what_changed(released):
     assert "ochuman" in d["instances_by_source_and_split"]
     assert "ingest.coco.ochuman.annotations" in d["params"]
     assert d["visibility"]["b"]["ochuman"]["v2"] > 0
+
+
+def test_metrics_and_plots_diff_between_releases(released):
+    repo = released["repo"]
+    out = versioning.dvc(repo, "metrics", "diff", "dataset/A", "dataset/B", "--json").stdout
+    changes = json.loads(out)["metrics/dataset.json"]
+    assert changes["totals.instances"]["old"] == 118 and changes["totals.instances"]["new"] == 118 + 5
+    plots = versioning.dvc(repo, "plots", "diff", "dataset/A", "dataset/B", "--json").stdout
+    assert "metrics/visibility.json" in plots
 
 
 def test_repro_on_unchanged_tree_does_nothing(released):
