@@ -27,6 +27,9 @@ app.add_typer(export_app, name="export")
 from posepipe.flows import cli_store  # noqa: E402  (registers its commands on the apps above)
 
 cli_store.register(app, ingest_app, export_app)
+from posepipe.flows import cli_synth  # noqa: E402
+
+cli_synth.register(app, ingest_app, export_app)
 from posepipe.flows import cli_version  # noqa: E402
 
 cli_version.register(app, ingest_app, export_app)

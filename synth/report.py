@@ -1,0 +1,72 @@
+"""The report of a synthetic source: what it holds and what it adds next to the real sources."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from posepipe.datasets import atomic, schema
+from posepipe.datasets.store import PoseStore
+
+from .core import extreme
+
+
+def build_report(store: PoseStore, source: str, run=None) -> dict:
+    inst = store.instances([source])
+    kp = schema.keypoints_from_arrow(inst.column("keypoints"))
+    attrs = [orjson.loads(a) if a else {} for a in inst.column("attributes").to_pylist()]
+    families = Counter(a.get("pose_family", "unknown") for a in attrs)
+    vis = schema.visibility_histogram(kp)
+    kinds = Counter(k for a in attrs for k in a.get("occlusion", []) if k)
+    vis.update(v1_self=kinds.get("self", 0), v1_object=kinds.get("object", 0))
+    real_sources = [s for s in store.sources() if not s.startswith("synth/")]
+    real = store.instances(real_sources) if real_sources else None
+    real_kp = schema.keypoints_from_arrow(real.column("keypoints")) if real is not None else kp[:0]
+    report = {
+        "source": source,
+        "images": store.images([source]).num_rows,
+        "instances": inst.num_rows,
+        "pose_families": dict(sorted(families.items())),
+        "visibility": vis,
+        "extreme": {"synthetic": extreme.shares(kp), "real": extreme.shares(real_kp),
+                    "real_sources": real_sources},
+    }
+    if run is not None:
+        outside = max(run.unit_seconds - run.render_seconds, 0.0)
+        report["run"] = {
+            "rendered": run.rendered, "unchanged": run.unchanged, "failed": {str(k): v for k, v in run.failed.items()},
+            "wall_seconds": round(run.wall_seconds, 3), "render_seconds": round(run.render_seconds, 3),
+            "share_outside_render": round(outside / run.unit_seconds, 4) if run.unit_seconds else None,
+        }
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Synthetic source `{report['source']}`", "",
+             f"{report['images']} images, {report['instances']} people.", "", "## Pose families", "",
+             "| family | people |", "| --- | ---: |"]
+    lines += [f"| {k} | {v} |" for k, v in report["pose_families"].items()]
+    v = report["visibility"]
+    lines += ["", "## Visibility", "", "| v=0 | v=1 | v=1 self | v=1 object | v=2 |", "| ---: | ---: | ---: | ---: | ---: |",
+              f"| {v['v0']} | {v['v1']} | {v['v1_self']} | {v['v1_object']} | {v['v2']} |", "",
+              "## Extreme poses (share of people where decidable)", "",
+              f"Real sources: {', '.join(report['extreme']['real_sources']) or 'none in the store'}.", "",
+              "| category | synthetic | real |", "| --- | ---: | ---: |"]
+    for cat in extreme.CATEGORIES:
+        s, r = report["extreme"]["synthetic"][cat], report["extreme"]["real"][cat]
+        lines.append(f"| {cat} | {s['share']:.1%} ({s['flagged']}/{s['decidable']}) | "
+                     f"{r['share']:.1%} ({r['flagged']}/{r['decidable']}) |")
+    if "run" in report:
+        r = report["run"]
+        lines += ["", "## This run", "", f"rendered {r['rendered']}, unchanged {r['unchanged']}, "
+                  f"failed {len(r['failed'])}; wall {r['wall_seconds']} s, in Blender's render call "
+                  f"{r['render_seconds']} s"]
+        lines += [f"- unit {k}: {msg}" for k, msg in r["failed"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, folder: Path) -> None:
+    atomic.write_bytes(folder / "report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    atomic.write_text(folder / "report.md", markdown(report))

@@ -1,0 +1,324 @@
+"""A synthetic run: W worker processes render fixed slices of seeds; the parent writes the store.
+
+Each image of a run is one render unit (``file_key`` ``synth:<source>/<unit seed>``) whose
+``file_sha256`` is a hash of everything that determines it (run seed, index, scene config, engine,
+samples, resolution, format). Units already in the store with the same hash are not rendered
+again, so re-running a command adds nothing and an interrupted run resumes.
+
+A worker that crashes or stops reporting for ``timeout`` seconds is killed; its current unit is
+retried up to ``retries`` times and then recorded as failed (a batch row with nothing read and the
+reason in ``params``); the other units and workers carry on. Workers write whole files atomically,
+so a dead worker never leaves a partial result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from posepipe.datasets import records, schema
+from posepipe.datasets.errors import PosepipeError
+from posepipe.datasets.progress import NoProgress, Progress
+from posepipe.datasets.store import PoseStore, validate_source_name
+
+from .core.scene import SceneConfig, unit_seed
+
+
+@dataclass
+class SynthOptions:
+    count: int
+    seed: int
+    width: int = 256
+    height: int = 256
+    engine: str = "cycles"
+    samples: int = 16
+    workers: int = 1
+    source: str | None = None
+    format: str = "png"
+    device: str = "auto"
+    threads: int = 0  # Blender render threads per worker; 0 = all cores
+    timeout: float = 120.0  # seconds a worker may go without finishing a unit
+    retries: int = 1
+    config: SceneConfig = field(default_factory=SceneConfig)
+    # Test hooks: unit indices whose worker dies (or hangs) on its first launch instead of rendering.
+    crash_on: tuple[int, ...] = ()
+    hang_on: tuple[int, ...] = ()
+
+    def source_name(self) -> str:
+        return self.source or f"synth/s{self.seed}-n{self.count}"
+
+
+@dataclass
+class SynthResult:
+    source: str
+    rendered: int = 0
+    unchanged: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+    images: int = 0
+    instances: int = 0
+    wall_seconds: float = 0.0
+    render_seconds: float = 0.0
+    unit_seconds: float = 0.0
+    report: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["failed"] = {str(k): v for k, v in self.failed.items()}
+        d["attempts"] = {str(k): v for k, v in self.attempts.items()}
+        return d
+
+
+def _validate(opts: SynthOptions) -> None:
+    if opts.count < 1:
+        raise PosepipeError(f"--count must be at least 1, got {opts.count}")
+    if opts.workers < 1:
+        raise PosepipeError(f"--workers must be at least 1, got {opts.workers}")
+    if opts.engine not in ("cycles", "workbench"):
+        raise PosepipeError(f"--engine must be cycles or workbench, got {opts.engine!r}")
+    if opts.format not in ("png", "jpeg"):
+        raise PosepipeError(f"--format must be png or jpeg, got {opts.format!r}")
+    if opts.samples < 1:
+        raise PosepipeError(f"--samples must be at least 1, got {opts.samples}")
+    if not (8 <= opts.width <= 8192 and 8 <= opts.height <= 8192):
+        raise PosepipeError(f"--resolution {opts.width}x{opts.height} is outside 8..8192")
+    validate_source_name(opts.source_name())
+    if not opts.source_name().startswith("synth/"):
+        raise PosepipeError(f"--source {opts.source_name()!r} must start with 'synth/'")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise PosepipeError(f"--resolution {text!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
+    return w, h
+
+
+def _unit_params(opts: SynthOptions, index: int) -> dict:
+    cfg = dataclasses.asdict(opts.config)
+    cfg.update(width=opts.width, height=opts.height)
+    return {"run_seed": opts.seed, "index": index, "seed": unit_seed(opts.seed, index), "config": cfg,
+            "engine": opts.engine, "samples": opts.samples, "format": opts.format}
+
+
+def _params_hash(params: dict) -> str:
+    return schema.short_hash(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), length=64)
+
+
+def file_key(source: str, seed: int) -> str:
+    return f"synth:{source}/{seed}"
+
+
+def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = None,
+              report_dir: str | os.PathLike | None = None) -> SynthResult:
+    """Render ``opts.count`` images into source ``synth/...`` of ``store``; write the run's report."""
+    _validate(opts)
+    t0 = time.perf_counter()
+    source = opts.source_name()
+    result = SynthResult(source)
+    params = [_unit_params(opts, i) for i in range(opts.count)]
+    done = _already_done(store, source, params)
+    todo = [p for p in params if p["index"] not in done]
+    result.unchanged = len(params) - len(todo)
+    with tempfile.TemporaryDirectory(prefix="posepipe-synth-run-") as tmp:
+        out = Path(tmp)
+        track = (progress or NoProgress()).track
+        for _ in track(_render(todo, opts, out, result), len(todo), f"rendering {len(todo)} images"):
+            pass
+        _write_store(store, source, opts, todo, out, result)
+    result.wall_seconds = time.perf_counter() - t0
+    from .report import build_report, write_report
+
+    result.report = build_report(store, source, result)
+    if report_dir is not None:
+        write_report(result.report, Path(report_dir))
+    return result
+
+
+def _already_done(store: PoseStore, source: str, params: list[dict]) -> set[int]:
+    if source not in store.sources():
+        return set()
+    batches = store.batches([source]).select(["source_file", "file_sha256"]).to_pydict()
+    have = dict(zip(batches["source_file"], batches["file_sha256"]))
+    return {p["index"] for p in params if have.get(file_key(source, p["seed"])) == _params_hash(p)}
+
+
+def _slices(items: list, n: int) -> list[list]:
+    """n contiguous, near-equal slices (empty ones dropped): worker w always gets the same seeds."""
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for w in range(n):
+        end = start + size + (1 if w < extra else 0)
+        if end > start:
+            out.append(items[start:end])
+        start = end
+    return out
+
+
+@dataclass
+class _Slot:
+    pending: list[dict]
+    job_dir: Path
+    proc: subprocess.Popen | None = None
+    last_progress: float = 0.0
+    launches: int = 0
+
+
+def _launch(slot: _Slot, opts: SynthOptions) -> None:
+    slot.launches += 1
+    job = {
+        "out": str(slot.job_dir), "engine": opts.engine, "samples": opts.samples, "format": opts.format,
+        "device": opts.device, "threads": opts.threads, "config": slot.pending[0]["config"],
+        "units": [{"index": p["index"], "seed": p["seed"]} for p in slot.pending],
+        "crash_on": list(opts.crash_on) if slot.launches == 1 else [],
+        "hang_on": list(opts.hang_on) if slot.launches == 1 else [],
+    }
+    job_file = slot.job_dir / f"job{slot.launches}.json"
+    job_file.write_text(json.dumps(job))
+    log = open(slot.job_dir / f"worker{slot.launches}.log", "wb")
+    slot.proc = subprocess.Popen([sys.executable, "-m", "posepipe.synth.worker", str(job_file)],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    slot.last_progress = time.monotonic()
+
+
+def _render(todo: list[dict], opts: SynthOptions, out: Path, result: SynthResult) -> Iterator[int]:
+    """Yield each unit index as its result lands (or as it is given up on)."""
+    slots = []
+    for w, part in enumerate(_slices(todo, min(opts.workers, max(1, len(todo))))):
+        job_dir = out / f"w{w}"
+        job_dir.mkdir()
+        slots.append(_Slot(part, job_dir))
+    for slot in slots:
+        _launch(slot, opts)
+    try:
+        while any(slot.pending for slot in slots):
+            for slot in slots:
+                while slot.pending and (slot.job_dir / f"{slot.pending[0]['index']}.json").exists():
+                    index = slot.pending.pop(0)["index"]
+                    slot.last_progress = time.monotonic()
+                    result.attempts[index] = result.attempts.get(index, 0) + 1
+                    yield index
+                if not slot.pending:
+                    continue
+                code = slot.proc.poll()
+                stalled = time.monotonic() - slot.last_progress > opts.timeout
+                if code is None and not stalled:
+                    continue
+                if code is None:
+                    slot.proc.kill()
+                    slot.proc.wait()
+                    reason = f"timed out after {opts.timeout:g} s"
+                else:
+                    if (slot.job_dir / f"{slot.pending[0]['index']}.json").exists():
+                        continue  # it finished the unit just before exiting: collect it next round
+                    reason = f"worker exited with code {code}"
+                index = slot.pending[0]["index"]
+                result.attempts[index] = result.attempts.get(index, 0) + 1
+                if result.attempts[index] > opts.retries:
+                    result.failed[index] = f"{reason} (after {result.attempts[index]} attempts)"
+                    slot.pending.pop(0)
+                    yield index
+                if slot.pending:
+                    _launch(slot, opts)
+            time.sleep(0.02)
+    finally:
+        for slot in slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
+                slot.proc.wait()
+
+
+def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[dict], out: Path,
+                 result: SynthResult) -> None:
+    if not todo:
+        return
+    ext = "jpg" if opts.format == "jpeg" else "png"
+    stem = source.replace("/", "_")
+    with store.transaction(source) as tx:
+        for p in todo:
+            index, seed = p["index"], p["seed"]
+            key = file_key(source, seed)
+            digest = _params_hash(p)
+            batch_id = schema.short_hash(source, key, digest, length=12)
+            if index in result.failed:
+                tx.replace_file(key, {"batches": _batch(source, key, digest, batch_id, 0, 0,
+                                                        {**p, "failed": result.failed[index]})})
+                continue
+            w_dir = next(out.glob(f"w*/{index}.json")).parent
+            data = (w_dir / f"{index}.img").read_bytes()
+            ann = orjson.loads((w_dir / f"{index}.json").read_bytes())
+            sha = ann["sha256"]
+            tx.put_image(data, sha, opts.format)
+            image_id = schema.image_id_from_sha256(sha)
+            timing = ann["timing"]
+            result.rendered += 1
+            result.render_seconds += timing["render_seconds"]
+            result.unit_seconds += timing["unit_seconds"]
+            provenance = {"generator": "posepipe-synth", "run_seed": opts.seed, "index": index, "seed": seed,
+                          "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
+                          "render_seconds": timing["render_seconds"], "camera": ann["camera"]}
+            image_row = {
+                "image_id": image_id, "source": source, "source_image_id": index,
+                "file_name": f"{stem}_{index:06d}.{ext}", "width": ann["width"], "height": ann["height"],
+                "sha256": sha, "format": opts.format, "num_bytes": len(data), "license": None,
+                "provenance": records.to_json(provenance), "split": None, "source_file": key,
+                "record_index": 0, "batch_id": batch_id,
+            }
+            people = ann["people"]
+            scene_people = ann["scene"]["people"]
+            cols = {
+                "instance_id": [schema.instance_id(source, f"{seed}:{pp['person']}") for pp in people],
+                "image_id": [image_id] * len(people), "source": [source] * len(people),
+                "area": [pp["area"] for pp in people], "iscrowd": [False] * len(people),
+                "num_keypoints": [pp["num_keypoints"] for pp in people], "skeleton": ["coco17"] * len(people),
+                "source_annotation_id": [index * 10 + pp["person"] for pp in people],
+                "segmentation": [records.to_json(pp["segmentation"]) for pp in people],
+                "notes": [["bbox_from_mask", "area_from_mask"] for _ in people],
+                "attributes": [records.to_json(_attributes(pp, scene_people[pp["person"]], ann, opts))
+                               for pp in people],
+                "source_file": [key] * len(people), "record_index": [pp["person"] for pp in people],
+                "annotator": ["posepipe-synth"] * len(people), "batch_id": [batch_id] * len(people),
+            }
+            kp = np.array([pp["keypoints"] for pp in people], dtype=np.float32).reshape(-1, 17, 3)
+            boxes = np.array([pp["bbox"] for pp in people], dtype=np.float64).reshape(-1, 4)
+            result.images += 1
+            result.instances += len(people)
+            tx.replace_file(key, {
+                "images": records.images_table([image_row]),
+                "instances": records.instances_table(cols, kp, boxes),
+                "rejects": schema.empty_table("rejects"),
+                "batches": _batch(source, key, digest, batch_id, 1, len(people),
+                                  {**p, "hidden_people": ann["hidden_people"], "attempts": result.attempts.get(index)}),
+            })
+
+
+def _attributes(person: dict, scene_person: dict, ann: dict, opts: SynthOptions) -> dict:
+    return {
+        "synthetic": True, "run_seed": opts.seed, "seed": ann["seed"], "person": person["person"],
+        "pose_family": person["pose"]["family"], "pose": person["pose"], "occlusion": person["occlusion"],
+        "pose_attempts": person["pose_attempts"], "interpenetration": person["interpenetration"],
+        "body": {k: scene_person[k] for k in ("height_scale", "limb_thickness", "torso_width", "location")},
+        "engine": ann["engine"], "samples": ann["samples"], "render_seconds": ann["timing"]["render_seconds"],
+    }
+
+
+def _batch(source: str, key: str, digest: str, batch_id: str, images: int, people: int, params: dict) -> pa.Table:
+    row = {"batch_id": batch_id, "source": source, "source_file": key, "file_sha256": digest if images else "failed:" + digest,
+           "format": "synth", "images_read": images, "images_accepted": images, "images_rejected": 0,
+           "annotations_read": people, "annotations_accepted": people, "annotations_rejected": 0,
+           "files_rejected": 0, "params": records.to_json(params)}
+    return pa.Table.from_pylist([row], schema=schema.BATCHES_SCHEMA)

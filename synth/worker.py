@@ -1,0 +1,140 @@
+"""Child-process entry point: render a fixed list of seeds and leave one result per seed.
+
+Run as ``python -m posepipe.synth.worker JOB.json``. For each unit it writes ``<index>.img`` and
+then ``<index>.json`` into the job's output folder, each atomically, so the parent sees either a
+whole result or none. The parent process is the only writer of the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from posepipe.datasets import atomic
+
+from .core import scene as scene_mod
+
+
+def background(spec: scene_mod.BackgroundSpec, width: int, height: int, seed: int,
+               images: list[str] | None = None) -> np.ndarray:
+    """(H, W, 3) float 0..1: a vertical gradient with seeded noise, or a store image when given."""
+    if spec.kind == "store" and images:
+        from PIL import Image
+
+        with Image.open(images[int(spec.pick * len(images)) % len(images)]) as im:
+            im = im.convert("RGB").resize((width, height), Image.BILINEAR)
+            return np.asarray(im, dtype=np.float32) / 255.0
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    top, bottom = np.array(spec.top_rgb, np.float32), np.array(spec.bottom_rgb, np.float32)
+    img = top * (1 - t) + bottom * t
+    noise = np.random.default_rng(seed).normal(0, spec.noise, (height, width, 1)).astype(np.float32)
+    return np.clip(np.broadcast_to(img, (height, width, 3)) + noise, 0, 1)
+
+
+def encode(rgba_png: Path, bg: np.ndarray, fmt: str) -> bytes:
+    """Composite Blender's RGBA render over the background and encode it with no metadata."""
+    from PIL import Image
+
+    with Image.open(rgba_png) as im:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+    alpha = rgba[..., 3:4]
+    rgb = rgba[..., :3] * alpha + bg * (1 - alpha)  # Blender writes straight (unpremultiplied) alpha
+    out = Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        out.save(buf, format="JPEG", quality=92, optimize=False)
+    else:
+        out.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def mask_annotation(mask: np.ndarray) -> dict | None:
+    """bbox, area and COCO RLE of a boolean mask; None when the mask is empty."""
+    from pycocotools import mask as mask_utils
+
+    if not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+        "area": float(mask.sum()),
+        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+    }
+
+
+def run_unit(renderer, unit: dict, job: dict, tmp: Path) -> tuple[bytes, dict]:
+    t0 = time.perf_counter()
+    cfg = scene_mod.SceneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
+    spec = scene_mod.sample_scene(unit["seed"], cfg)
+    result = renderer.render(spec, cfg, tmp)
+    t_rendered = time.perf_counter()
+    bg = background(spec.background, spec.width, spec.height, unit["seed"], job.get("backgrounds"))
+    data = encode(result.rgba_png, bg, job["format"])
+    people, hidden = [], []
+    for p, person in enumerate(result.people):
+        ann = mask_annotation(result.index == p + 1)
+        if ann is None:
+            hidden.append(p)  # nothing of this person reaches the image
+            continue
+        kp = np.round(person.keypoints, 3)
+        people.append({
+            "person": p, "keypoints": kp.tolist(), "occlusion": person.occlusion,
+            "num_keypoints": int((kp[:, 2] > 0).sum()), **ann,
+            "pose": person.pose.to_dict(), "pose_attempts": person.pose_attempts,
+            "interpenetration": round(person.interpenetration, 4),
+        })
+    spec_dict = spec.to_dict()
+    for sp, person in zip(spec_dict["people"], result.people):
+        sp["pose"] = person.pose.to_dict()  # the pose actually rendered (after re-draws)
+    annotation = {
+        "index": unit["index"], "seed": unit["seed"], "width": spec.width, "height": spec.height,
+        "format": job["format"], "sha256": hashlib.sha256(data).hexdigest(), "engine": result.engine,
+        "samples": result.samples, "device": result.device, "people": people, "hidden_people": hidden,
+        "camera": result.camera, "scene": spec_dict,
+        # Timings vary run to run; they live apart so the rest is byte-identical per seed.
+        "timing": {"render_seconds": round(result.render_seconds, 4),
+                   "unit_seconds": round(time.perf_counter() - t0, 4),
+                   "encode_seconds": round(time.perf_counter() - t_rendered, 4),
+                   **{k: round(v, 4) for k, v in result.timings.items()}},
+    }
+    return data, annotation
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(args[0]).read_text())
+    out = Path(job["out"])
+    # Test hooks: indices whose worker dies, or hangs, instead of rendering them.
+    crash_on, hang_on = set(job.get("crash_on", [])), set(job.get("hang_on", []))
+    from .renderer.blender import BlenderRenderer
+
+    renderer = BlenderRenderer(job["engine"], job["samples"], job.get("device", "auto"), job.get("threads", 0))
+    with tempfile.TemporaryDirectory(prefix="posepipe-synth-") as tmp:
+        for unit in job["units"]:
+            if (out / f"{unit['index']}.json").exists():
+                continue
+            if unit["index"] in crash_on:
+                os._exit(3)
+            if unit["index"] in hang_on:
+                time.sleep(3600)
+            data, annotation = run_unit(renderer, unit, job, Path(tmp))
+            atomic.write_bytes(out / f"{unit['index']}.img", data)
+            atomic.write_bytes(out / f"{unit['index']}.json", orjson.dumps(annotation))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leaving through Blender's own exit can hang after an add-on error; everything is written.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Real Blender renders (tiny: 64x64, 2 samples) in child processes: masks, keypoints, determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from posepipe.synth.core.scene import unit_seed
+
+pytest.importorskip("bpy")
+
+
+def _run_worker(tmp: Path, name: str, indices: list[int], **extra) -> Path:
+    out = tmp / name
+    out.mkdir()
+    job = {"out": str(out), "engine": "cycles", "samples": 2, "format": "png", "device": "cpu",
+           "config": {"width": 64, "height": 64, "occluder_probability": 0.7},
+           "units": [{"index": i, "seed": unit_seed(99, i)} for i in indices], **extra}
+    (tmp / f"{name}.json").write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, "-m", "posepipe.synth.worker", str(tmp / f"{name}.json")],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    return _run_worker(tmp_path_factory.mktemp("synth_render"), "a", list(range(8)))
+
+
+def _covered(mask: np.ndarray, x: float, y: float) -> bool:
+    xi, yi = int(x), int(y)
+    return bool(mask[max(0, yi - 1):yi + 2, max(0, xi - 1):xi + 2].any())
+
+
+def test_visible_keypoints_lie_on_their_own_mask(rendered):
+    hits = total = occluded = 0
+    kinds = set()
+    for i in range(8):
+        ann = json.loads((rendered / f"{i}.json").read_text())
+        assert (rendered / f"{i}.img").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for person in ann["people"]:
+            m = mask_utils.decode(person["segmentation"])
+            assert m.shape == (64, 64) and m.sum() == person["area"]
+            x, y, w, h = person["bbox"]
+            assert m[int(y):int(y + h), int(x):int(x + w)].sum() == person["area"]  # the box holds the mask
+            for (kx, ky, v), kind in zip(person["keypoints"], person["occlusion"]):
+                if v == 2:
+                    total += 1
+                    hits += _covered(m, kx, ky)
+                elif v == 1:
+                    occluded += 1
+                    kinds.add(kind)
+                else:
+                    assert (kx, ky) == (0, 0)
+    assert total >= 30 and occluded >= 5
+    assert kinds <= {"self", "object"} and "self" in kinds
+    assert hits / total >= 0.99, f"{hits}/{total} visible keypoints on their own mask"
+
+
+def test_same_seed_gives_identical_bytes(rendered, tmp_path):
+    again = _run_worker(tmp_path, "b", [5, 2])  # other order, other process, other preceding scenes
+    for i in (2, 5):
+        assert (again / f"{i}.img").read_bytes() == (rendered / f"{i}.img").read_bytes()
+        a = json.loads((rendered / f"{i}.json").read_text())
+        b = json.loads((again / f"{i}.json").read_text())
+        a.pop("timing"), b.pop("timing")
+        assert a == b
+
+
+KNOWN_POSE = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from pathlib import Path
+    import numpy as np
+    from posepipe.synth.core import pose as P, scene as S
+    from posepipe.synth.renderer.blender import BlenderRenderer
+    dofs = {name: 0.0 for name in P.DOFS}
+    dofs.update({"shoulder_abd.L": 45.0, "shoulder_abd.R": 45.0})
+    person = S.PersonSpec(P.Pose("known", dofs, (0.0, 0.0, 0.0)), 0.9, 1.0, 1.0, (0.0, 0.0, 0.0),
+                          (0.8, 0.6, 0.5), (0.2, 0.3, 0.8), (0.1, 0.1, 0.1), 0.0, 1)
+    spec = S.SceneSpec(1, 48, 64, [person], S.CameraSpec(0.9, 0.0, -90.0, 0.0, 50.0),
+                       [S.LightSpec("SUN", 3.0, 6500, (1, 1, 1), -90.0, 45.0)], [],
+                       S.BackgroundSpec("gradient", (0, 0, 0), (0, 0, 0), 0.0, 0.0), 0.5)
+    cfg = S.SceneConfig(width=48, height=64, pose_attempts=1, max_interpenetration=10.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = BlenderRenderer("cycles", 2, "cpu").render(spec, cfg, Path(tmp))
+    out = {"keypoints": res.people[0].keypoints.tolist(), "mask": (res.index == 1).astype(int).tolist()}
+    sys.stdout.write("RESULT" + json.dumps(out) + "\\n")
+    sys.stdout.flush()
+    os._exit(0)
+""")
+
+
+def test_known_pose_keypoints_land_on_the_body():
+    proc = subprocess.run([sys.executable, "-c", KNOWN_POSE], capture_output=True, text=True, timeout=120)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads(line[len("RESULT"):])
+    kp, mask = np.array(out["keypoints"]), np.array(out["mask"], dtype=bool)
+    assert mask.shape == (64, 48) and mask.sum() > 100
+    # Seen from the front at eye level, every body joint and the face is visible...
+    assert (kp[[0, 1, 2] + list(range(5, 17)), 2] == 2).all(), kp[:, 2]
+    for x, y, v in kp:
+        if v:
+            assert _covered(mask, x, y), (x, y)
+    # ...the person's left appears on the image's right, the head on top, the feet at the bottom.
+    assert kp[5, 0] > kp[6, 0] and kp[11, 0] > kp[12, 0] and kp[9, 0] > kp[10, 0]
+    assert kp[0, 1] < kp[5, 1] < kp[11, 1] < kp[13, 1] < kp[15, 1]
+    # Arms abducted 45 degrees: the wrists are further out than the elbows, the elbows than the shoulders.
+    assert kp[9, 0] > kp[7, 0] > kp[5, 0] and kp[10, 0] < kp[8, 0] < kp[6, 0]
+
+
+def test_workbench_masks_match_keypoints(tmp_path):
+    out = _run_worker(tmp_path, "wb", list(range(4)), engine="workbench")
+    hits = total = 0
+    for i in range(4):
+        for person in json.loads((out / f"{i}.json").read_text())["people"]:
+            m = mask_utils.decode(person["segmentation"])
+            for kx, ky, v in person["keypoints"]:
+                if v == 2:
+                    total += 1
+                    hits += _covered(m, kx, ky)
+    assert total >= 10 and hits / total >= 0.99

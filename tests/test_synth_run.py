@@ -1,0 +1,108 @@
+"""Synthetic runs end to end: worker processes, retries, the store, COCO export, report, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from posepipe.datasets import schema
+from posepipe.datasets.coco_export import export_coco
+from posepipe.datasets.errors import PosepipeError
+from posepipe.synth.core.scene import SceneConfig
+from posepipe.synth.run import SynthOptions, synth_run
+
+pytest.importorskip("bpy")
+
+
+def _opts(**kw) -> SynthOptions:
+    base = dict(count=4, seed=5, width=64, height=64, samples=2, workers=2, device="cpu", threads=1,
+                config=SceneConfig(width=64, height=64))
+    base.update(kw)
+    return SynthOptions(**base)
+
+
+def test_run_writes_the_store_and_survives_a_crash(coco_store, tmp_path):
+    result = synth_run(coco_store, _opts(crash_on=(1,)), report_dir=tmp_path / "report")
+    assert result.failed == {} and result.rendered == 4 and result.attempts[1] == 2
+    source = "synth/s5-n4"
+    images = coco_store.images([source])
+    inst = coco_store.instances([source])
+    batches = coco_store.batches([source])
+    assert images.num_rows == 4 and batches.num_rows == 4 and inst.num_rows == result.instances >= 4
+    assert set(batches.column("format").to_pylist()) == {"synth"}
+    assert sum(batches.column("annotations_read").to_pylist()) == inst.num_rows
+    assert set(inst.column("skeleton").to_pylist()) == {"coco17"}
+    attrs = orjson.loads(inst.column("attributes")[0].as_py())
+    assert {"pose_family", "pose", "occlusion", "seed", "engine", "samples", "render_seconds"} <= set(attrs)
+    prov = orjson.loads(images.column("provenance")[0].as_py())
+    assert prov["engine"] == "cycles" and prov["samples"] == 2 and "camera" in prov
+    row = images.slice(0, 1).to_pylist()[0]
+    data = coco_store.read_image(row["shard"], row["offset"], row["num_bytes"])
+    assert data[:4] == b"\x89PNG"
+
+    # The same exporter as real data, with RLE masks from the renders.
+    report = export_coco(coco_store, [source], tmp_path / "synth.json")
+    doc = json.loads((tmp_path / "synth.json").read_text())
+    assert report.annotations == inst.num_rows and len(doc["images"]) == 4
+    assert all(isinstance(a["segmentation"]["counts"], str) for a in doc["annotations"])
+
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sum(rep["pose_families"].values()) == inst.num_rows
+    assert rep["extreme"]["real_sources"] == ["coco-train", "coco-val"]
+    assert rep["extreme"]["real"]["head_below_hips"]["decidable"] > 50
+    v = rep["visibility"]
+    assert v["v0"] + v["v1"] + v["v2"] == 17 * inst.num_rows and v["v1_self"] + v["v1_object"] == v["v1"]
+    assert "| head_below_hips |" in (tmp_path / "report" / "report.md").read_text()
+
+    again = synth_run(coco_store, _opts())
+    assert again.unchanged == 4 and again.rendered == 0
+    assert coco_store.images([source]).num_rows == 4
+
+
+def test_failed_and_timed_out_units_are_recorded_and_do_not_stop_the_others(store):
+    result = synth_run(store, _opts(count=3, retries=0, crash_on=(0,), hang_on=(2,), timeout=3.0))
+    assert set(result.failed) == {0, 2}
+    assert "exited with code 3" in result.failed[0] and "timed out" in result.failed[2]
+    assert result.rendered == 1
+    batches = store.batches(["synth/s5-n3"]).to_pylist()
+    failed = [b for b in batches if b["images_read"] == 0]
+    assert len(failed) == 2 and all("failed" in orjson.loads(b["params"]) for b in failed)
+    assert store.images(["synth/s5-n3"]).num_rows == 1
+    # A later run retries what failed and keeps what succeeded.
+    again = synth_run(store, _opts(count=3))
+    assert again.unchanged == 1 and again.rendered == 2 and not again.failed
+    assert store.images(["synth/s5-n3"]).num_rows == 3
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"count": 0}, "--count"), ({"engine": "eevee"}, "--engine"), ({"format": "gif"}, "--format"),
+    ({"source": "mine"}, "must start with 'synth/'"), ({"source": "synth/../x"}, "invalid source name"),
+])
+def test_bad_options_are_user_errors(store, kw, message):
+    with pytest.raises(PosepipeError, match=message.replace("(", r"\(")):
+        synth_run(store, _opts(**kw))
+
+
+def test_cli(tmp_path):
+    cli = [sys.executable, "-m", "posepipe.flows"]
+    helped = subprocess.run(cli + ["synth", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--resolution" in helped.stdout and "--workers" in helped.stdout
+    bad = subprocess.run(cli + ["synth", "--count", "1", "--seed", "1", "--resolution", "big"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--resolution" in bad.stderr
+    run = subprocess.run(cli + ["synth", "--count", "2", "--seed", "3", "--resolution", "48x32", "--samples", "1",
+                                "--engine", "workbench", "--format", "jpeg", "--store", str(tmp_path / "store"),
+                                "--json"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["rendered"] == 2 and out["source"] == "synth/s3-n2"
+    assert (tmp_path / "reports" / "synth" / "s3-n2" / "report.md").exists()
+    from posepipe.datasets.store import PoseStore
+
+    images = PoseStore(tmp_path / "store").images(["synth/s3-n2"]).to_pylist()
+    assert {(im["width"], im["height"], im["format"]) for im in images} == {(48, 32, "jpeg")}
+    assert schema.image_id_from_sha256(images[0]["sha256"]) == images[0]["image_id"]
