@@ -199,6 +199,8 @@ REASONS: dict[str, str] = {
     "wrong_shape_type": "a joint is not a point shape, or a person is not a rectangle",
     "bad_point_count": "a shape has the wrong number of points for its type",
     "bad_image_data": "imageData is not valid base64",
+    # Synthetic renders (synth/run.py)
+    "render_failed": "a synthetic render crashed or timed out after its retries",
 }
 
 
