@@ -38,8 +38,9 @@ def build_card(name: str, store: PoseStore, manifest_dir: Path, params: dict, co
         batches = store.batches([source]).to_pylist()
         inst = store.instances([source])
         kp = schema.keypoints_from_arrow(inst.column("keypoints"))
-        seeds = sorted({p["seed"] for b in batches if b["params"] and "seed" in (p := orjson.loads(b["params"]))},
-                       key=str)
+        # A synthetic run records its run seed on every image's batch (each image has its own seed).
+        params_of = [orjson.loads(b["params"]) for b in batches if b["params"]]
+        seeds = sorted({p.get("run_seed", p.get("seed")) for p in params_of} - {None}, key=str)
         sources[source] = {
             "kind": source_kind(source),
             "images": store.images([source]).num_rows,
