@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from .image_headers import plain_header_size
+
 # PIL warns above ~89 Mpx and refuses above twice that; we decide ourselves, with a clear reason.
 MAX_PIXELS = 178_956_970
 _PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
@@ -41,6 +43,16 @@ class ImageProblem(Exception):
 def probe(data: bytes, *, full: bool = False, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     if not data:
         raise ImageProblem("not_an_image", "the file is empty")
+    # Most images are plain JPEG/PNG whose size a few header bytes give; PIL's open costs more
+    # than everything else per image, so it only sees the rest (and every full decode).
+    header = None if full else plain_header_size(data)
+    if header is not None:
+        fmt, (width, height) = header
+        if width * height > max_pixels:
+            raise ImageProblem(
+                "image_too_large", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+            )
+        return _end_checked(data, fmt, width, height)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -65,6 +77,10 @@ def probe(data: bytes, *, full: bool = False, max_pixels: int = MAX_PIXELS) -> I
         if "truncated" in text.lower():
             raise ImageProblem("image_truncated", f"image data is truncated ({text})") from None
         raise ImageProblem("not_an_image", f"not a decodable image ({text})") from None
+    return _end_checked(data, fmt, width, height)
+
+
+def _end_checked(data: bytes, fmt: str, width: int, height: int) -> ImageInfo:
     if fmt == "jpeg" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
         raise ImageProblem("image_truncated", "JPEG has no end-of-image marker: the file is truncated")
     if fmt == "png" and data.rfind(b"IEND", max(0, len(data) - 64)) < 0:

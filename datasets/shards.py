@@ -11,7 +11,6 @@ so readers fetch an image with one ``pread`` and no tar parsing. Any tar tool ca
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import uuid
@@ -19,6 +18,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+def _header_template() -> bytes:
+    info = tarfile.TarInfo("")
+    info.mtime, info.mode = 0, 0o644
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+# Every member has the same fixed metadata, so its 512-byte USTAR header is this template with
+# the name, size and checksum filled in: tarfile's TarInfo/addfile cost more per image than
+# writing the image. Names that do not fit the plain name field go through tarfile itself.
+_TEMPLATE = _header_template()
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The header ``tarfile`` writes (USTAR, mtime 0, mode 644, root owner) for one member."""
+    raw = name.encode("ascii", "replace")
+    if len(raw) > 100 or not name.isascii() or size >= 8**11:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o644
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    head = raw.ljust(100, b"\0") + _TEMPLATE[100:124] + b"%011o\0" % size + _TEMPLATE[136:148]
+    tail = _TEMPLATE[156:]
+    checksum = sum(head) + 8 * 32 + sum(tail)  # the checksum field counts as eight spaces
+    return head + b"%06o\0 " % checksum + tail
 
 
 @dataclass(frozen=True)
@@ -35,7 +61,9 @@ class ShardWriter:
         self.shard_dir = Path(shard_dir)
         self.prefix = prefix  # how refs name this folder relative to the shards root ("<source>/")
         self.max_bytes = max_bytes
-        self._tar: tarfile.TarFile | None = None
+        self._tar = None  # the open shard file, written as a plain USTAR tar
+        self._hash = hashlib.sha256()  # of the open shard's bytes, as they are written
+        self._offset = 0
         self._tmp: Path | None = None
         self._pending: dict[str, tuple[int, int]] = {}  # sha -> (offset, size) in the open shard
         self._done: dict[str, ShardRef] = {}
@@ -52,24 +80,35 @@ class ShardWriter:
         if self._tar is None:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self._tmp = self.shard_dir / f".tmp-{uuid.uuid4().hex}.tar"
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+            self._tar = open(self._tmp, "wb")
+            self._hash = hashlib.sha256()
+            self._offset = 0
             self._written = 0
-        info = tarfile.TarInfo(f"{sha256}.{ext}")
-        info.size = len(data)
-        info.mtime = 0  # fixed metadata: same images in the same order give the same shard bytes
-        info.mode = 0o644
-        header = len(info.tobuf(tarfile.USTAR_FORMAT, self._tar.encoding, self._tar.errors))
-        offset = self._tar.offset + header  # the member's data follows its header
-        self._tar.addfile(info, io.BytesIO(data))
+        # fixed metadata: same images in the same order give the same shard bytes
+        header = ustar_header(f"{sha256}.{ext}", len(data))
+        offset = self._offset + len(header)  # the member's data follows its header
+        padding = -len(data) % _BLOCK
+        self._write(header)
+        self._write(data)
+        if padding:
+            self._write(b"\0" * padding)
+        self._offset = offset + len(data) + padding
         self._pending[sha256] = (offset, len(data))
         self._written += len(data) + 1024
 
+    def _write(self, chunk: bytes) -> None:
+        self._tar.write(chunk)
+        self._hash.update(chunk)
+
     def _finish_shard(self) -> None:
         assert self._tar is not None and self._tmp is not None
+        # End of archive as tarfile writes it: two zero blocks, then zeros to a whole record.
+        end = self._offset + 2 * _BLOCK
+        self._write(b"\0" * (2 * _BLOCK + -end % _RECORD))
+        self._tar.flush()
+        os.fsync(self._tar.fileno())
         self._tar.close()
-        with open(self._tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        digest = _file_sha256(self._tmp)
+        digest = self._hash.hexdigest()
         name = f"{digest[:32]}.tar"
         final = self.shard_dir / name
         name = self.prefix + name
@@ -96,14 +135,6 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
             self._tar = None
             self._pending = {}
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ShardReader:
