@@ -22,9 +22,17 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         source: Optional[str] = typer.Option(None, "--source", help="Source name (default synth/s<seed>-n<count>)."),
         fmt: str = typer.Option("png", "--format", help="Image format: png or jpeg."),
         family: Optional[List[str]] = typer.Option(None, "--family", help="Only these pose families (repeatable)."),
+        backgrounds: Optional[List[str]] = typer.Option(
+            None, "--backgrounds", help="Composite real images of this store source behind people (repeatable); "
+                                        "default: procedural backgrounds."),
+        bvh: Optional[List[Path]] = typer.Option(
+            None, "--bvh", help="BVH mocap clip as a second pose source (repeatable; CMU/Truebones/Mixamo joint "
+                                "names); --bvh-share of the people take a frame from a clip."),
+        bvh_share: float = typer.Option(0.5, "--bvh-share", min=0.0, max=1.0,
+                                        help="Share of people posed from the --bvh clips."),
         max_people: int = typer.Option(3, "--max-people", min=1, max=3, help="At most this many people per image."),
         device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or gpu."),
-        threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: all cores)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: cores // workers)."),
         timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds one image may take before a retry."),
         retries: int = typer.Option(1, "--retries", min=0, help="Retries of a crashed or timed-out image."),
         report_dir: Optional[Path] = typer.Option(None, "--report-dir",
@@ -44,10 +52,11 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
             if f not in FAMILY_NAMES:
                 raise PosepipeError(f"--family {f!r} is not a pose family; known: {', '.join(FAMILY_NAMES)}")
         config = SceneConfig(width=width, height=height, max_people=max_people,
-                             min_people=1, families=tuple(family) if family else None)
+                             min_people=1, families=tuple(family) if family else None, bvh_share=bvh_share)
         opts = SynthOptions(count=count, seed=seed, width=width, height=height, engine=engine, samples=samples,
                             workers=workers, source=source, format=fmt, device=device, threads=threads,
-                            timeout=timeout, retries=retries, config=config)
+                            timeout=timeout, retries=retries, config=config, backgrounds=tuple(backgrounds or ()),
+                            bvh=tuple(str(b) for b in bvh or ()))
         out_dir = report_dir or Path("reports") / opts.source_name()
         result = synth_run(PoseStore(store), opts, progress=RichProgress(not json_out), report_dir=out_dir)
         if json_out:

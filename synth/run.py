@@ -6,8 +6,9 @@ samples, resolution, format). Units already in the store with the same hash are 
 again, so re-running a command adds nothing and an interrupted run resumes.
 
 A worker that crashes or stops reporting for ``timeout`` seconds is killed; its current unit is
-retried up to ``retries`` times and then recorded as failed (a batch row with nothing read and the
-reason in ``params``); the other units and workers carry on. Workers write whole files atomically,
+retried up to ``retries`` times and then recorded as failed: a ``rejects`` row (reason
+``render_failed``, record_id the unit seed, file ``synth:<source>/<seed>``) and a batch row counting
+it as one image read and rejected; the other units and workers carry on. Workers write whole files atomically,
 so a dead worker never leaves a partial result.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from posepipe.datasets import records, schema
+from posepipe.datasets import atomic, records, schema
 from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.store import PoseStore, validate_source_name
@@ -48,10 +49,12 @@ class SynthOptions:
     source: str | None = None
     format: str = "png"
     device: str = "auto"
-    threads: int = 0  # Blender render threads per worker; 0 = all cores
+    threads: int = 0  # Blender render threads per worker; 0 = the machine's cores // workers
     timeout: float = 120.0  # seconds a worker may go without finishing a unit
     retries: int = 1
     config: SceneConfig = field(default_factory=SceneConfig)
+    backgrounds: tuple[str, ...] = ()  # store sources whose images are composited behind (else procedural)
+    bvh: tuple[str, ...] = ()  # BVH mocap files: a second pose source (config.bvh_share of the people)
     # Test hooks: unit indices whose worker dies (or hangs) on its first launch instead of rendering.
     crash_on: tuple[int, ...] = ()
     hang_on: tuple[int, ...] = ()
@@ -72,6 +75,7 @@ class SynthResult:
     wall_seconds: float = 0.0
     render_seconds: float = 0.0
     unit_seconds: float = 0.0
+    phase_seconds: dict = field(default_factory=dict)  # worker time per phase (build, render, encode...)
     report: dict | None = None
 
     def to_dict(self) -> dict:
@@ -99,6 +103,15 @@ def _validate(opts: SynthOptions) -> None:
         raise PosepipeError(f"--source {opts.source_name()!r} must start with 'synth/'")
 
 
+def render_threads(opts: SynthOptions) -> int:
+    """Blender threads per worker: as asked, else an equal share of the cores this process may use,
+    so that W workers do not each start a thread per core and fight over them."""
+    if opts.threads:
+        return opts.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, min(opts.workers, opts.count)))
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -107,15 +120,70 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _unit_params(opts: SynthOptions, index: int) -> dict:
+def _unit_params(opts: SynthOptions, index: int, pool: list[dict]) -> dict:
     cfg = dataclasses.asdict(opts.config)
     cfg.update(width=opts.width, height=opts.height)
-    return {"run_seed": opts.seed, "index": index, "seed": unit_seed(opts.seed, index), "config": cfg,
-            "engine": opts.engine, "samples": opts.samples, "format": opts.format}
+    seed = unit_seed(opts.seed, index)
+    params = {"run_seed": opts.seed, "index": index, "seed": seed, "config": cfg,
+              "engine": opts.engine, "samples": opts.samples, "format": opts.format}
+    if pool:
+        params["background"] = pick_background(pool, seed)
+    return params
+
+
+def read_clips(paths: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+    """Clip name (file stem + content hash, so an edited file renders anew) -> (path, frames).
+
+    Every file is checked here, before any Blender starts: it must be a BVH file whose joint
+    names cover the retarget's required joints (see ``synth/core/retarget.py``)."""
+    from .core import bvh, retarget
+
+    out: dict[str, tuple[str, int]] = {}
+    for path in paths:
+        p = Path(path)
+        try:
+            joints, frames = bvh.read_header(p)
+            retarget.resolve(joints)
+            digest = schema.short_hash(p.read_bytes(), length=12)
+        except ValueError as e:
+            raise PosepipeError(f"--bvh {path}: {e}") from None
+        out[f"{p.stem}-{digest}"] = (str(p.resolve()), frames)
+    return out
+
+
+def background_pool(store: PoseStore, sources: tuple[str, ...]) -> list[dict]:
+    """The store images that may go behind people: every image of ``sources``, in sha256 order (so the
+    pick does not depend on ingest order); an image held by two sources appears once."""
+    if not sources:
+        return []
+    known = set(store.sources())
+    for src in sources:
+        if src not in known:
+            raise PosepipeError(f"--backgrounds {src!r}: no such source in the store {store.root}; "
+                                f"known: {', '.join(sorted(known)) or 'none'}")
+        if src.startswith("synth/"):
+            raise PosepipeError(f"--backgrounds {src!r}: backgrounds must be real images, not a synth/ source")
+    cols = ["source", "image_id", "sha256", "format", "shard", "offset", "num_bytes"]
+    rows = store.images(list(sources)).select(cols).to_pylist()
+    pool = list({r["sha256"]: r for r in sorted(rows, key=lambda r: (r["sha256"], r["source"]))}.values())
+    if not pool:
+        raise PosepipeError(f"--backgrounds {', '.join(sources)}: these sources hold no images")
+    return pool
+
+
+def pick_background(pool: list[dict], seed: int) -> dict:
+    """The background of the unit with ``seed``: its own random stream, apart from the scene's."""
+    row = pool[int(np.random.default_rng([seed, 0xB6]).integers(len(pool)))]
+    return {"source": row["source"], "image_id": row["image_id"], "sha256": row["sha256"]}
+
+
+def _public(params: dict) -> dict:
+    """A unit's parameters without this run's scratch entries (``_``-prefixed, e.g. temp paths)."""
+    return {k: v for k, v in params.items() if not k.startswith("_")}
 
 
 def _params_hash(params: dict) -> str:
-    return schema.short_hash(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), length=64)
+    return schema.short_hash(orjson.dumps(_public(params), option=orjson.OPT_SORT_KEYS), length=64)
 
 
 def file_key(source: str, seed: int) -> str:
@@ -129,12 +197,18 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
     t0 = time.perf_counter()
     source = opts.source_name()
     result = SynthResult(source)
-    params = [_unit_params(opts, i) for i in range(opts.count)]
+    pool = background_pool(store, tuple(opts.backgrounds))
+    clips = read_clips(opts.bvh)
+    if clips:
+        opts = dataclasses.replace(opts, config=dataclasses.replace(
+            opts.config, bvh_clips=tuple((name, frames) for name, (_path, frames) in clips.items())))
+    params = [_unit_params(opts, i, pool) for i in range(opts.count)]
     done = _already_done(store, source, params)
     todo = [p for p in params if p["index"] not in done]
     result.unchanged = len(params) - len(todo)
     with tempfile.TemporaryDirectory(prefix="posepipe-synth-run-") as tmp:
         out = Path(tmp)
+        _stage_backgrounds(store, pool, todo, out)
         track = (progress or NoProgress()).track
         for _ in track(_render(todo, opts, out, result), len(todo), f"rendering {len(todo)} images"):
             pass
@@ -146,6 +220,21 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
     if report_dir is not None:
         write_report(result.report, Path(report_dir))
     return result
+
+
+def _stage_backgrounds(store: PoseStore, pool: list[dict], todo: list[dict], out: Path) -> None:
+    """Copy each background photo the units need out of the store once, for the workers to read."""
+    rows = {r["sha256"]: r for r in pool}
+    folder = out / "backgrounds"
+    for p in todo:
+        bg = p.get("background")
+        if not bg:
+            continue
+        path = folder / f"{bg['sha256']}.img"
+        if not path.exists():
+            row = rows[bg["sha256"]]
+            atomic.write_bytes(path, store.read_image(row["shard"], row["offset"], row["num_bytes"]))
+        p["_background_path"] = str(path)
 
 
 def _already_done(store: PoseStore, source: str, params: list[dict]) -> set[int]:
@@ -181,16 +270,21 @@ def _launch(slot: _Slot, opts: SynthOptions) -> None:
     slot.launches += 1
     job = {
         "out": str(slot.job_dir), "engine": opts.engine, "samples": opts.samples, "format": opts.format,
-        "device": opts.device, "threads": opts.threads, "config": slot.pending[0]["config"],
-        "units": [{"index": p["index"], "seed": p["seed"]} for p in slot.pending],
+        "device": opts.device, "threads": render_threads(opts), "config": slot.pending[0]["config"],
+        "units": [{"index": p["index"], "seed": p["seed"],
+                   **({"background": {**p["background"], "path": p["_background_path"]}}
+                      if p.get("background") else {})} for p in slot.pending],
+        "bvh": {name: path for name, (path, _f) in read_clips(opts.bvh).items()},
         "crash_on": list(opts.crash_on) if slot.launches == 1 else [],
         "hang_on": list(opts.hang_on) if slot.launches == 1 else [],
     }
     job_file = slot.job_dir / f"job{slot.launches}.json"
     job_file.write_text(json.dumps(job))
     log = open(slot.job_dir / f"worker{slot.launches}.log", "wb")
+    # numpy's BLAS threads would only compete with Blender's render threads for the same cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     slot.proc = subprocess.Popen([sys.executable, "-m", "posepipe.synth.worker", str(job_file)],
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     log.close()
     slot.last_progress = time.monotonic()
 
@@ -255,8 +349,13 @@ def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[d
             digest = _params_hash(p)
             batch_id = schema.short_hash(source, key, digest, length=12)
             if index in result.failed:
-                tx.replace_file(key, {"batches": _batch(source, key, digest, batch_id, 0, 0,
-                                                        {**p, "failed": result.failed[index]})})
+                # Read and rejected: the unit counts as one image read, and `posepipe rejects` lists why.
+                rejects = records.Rejects(source, key, batch_id)
+                rejects.add("image", seed, index, None, "render_failed",
+                            f"{key}: image {index} (seed {seed}) was not rendered: {result.failed[index]}",
+                            _public(p))
+                tx.replace_file(key, {"rejects": rejects.table(), "batches": _batch(
+                    source, key, digest, batch_id, 0, 0, {**p, "failed": result.failed[index]}, rejected=1)})
                 continue
             w_dir = next(out.glob(f"w*/{index}.json")).parent
             data = (w_dir / f"{index}.img").read_bytes()
@@ -268,9 +367,12 @@ def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[d
             result.rendered += 1
             result.render_seconds += timing["render_seconds"]
             result.unit_seconds += timing["unit_seconds"]
+            for phase, secs in timing.items():
+                result.phase_seconds[phase] = result.phase_seconds.get(phase, 0.0) + secs
             provenance = {"generator": "posepipe-synth", "run_seed": opts.seed, "index": index, "seed": seed,
                           "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
-                          "render_seconds": timing["render_seconds"], "camera": ann["camera"]}
+                          "render_seconds": timing["render_seconds"], "camera": ann["camera"],
+                          "background": ann["background"] or "procedural"}
             image_row = {
                 "image_id": image_id, "source": source, "source_image_id": index,
                 "file_name": f"{stem}_{index:06d}.{ext}", "width": ann["width"], "height": ann["height"],
@@ -316,9 +418,12 @@ def _attributes(person: dict, scene_person: dict, ann: dict, opts: SynthOptions)
     }
 
 
-def _batch(source: str, key: str, digest: str, batch_id: str, images: int, people: int, params: dict) -> pa.Table:
-    row = {"batch_id": batch_id, "source": source, "source_file": key, "file_sha256": digest if images else "failed:" + digest,
-           "format": "synth", "images_read": images, "images_accepted": images, "images_rejected": 0,
+def _batch(source: str, key: str, digest: str, batch_id: str, images: int, people: int, params: dict,
+           rejected: int = 0) -> pa.Table:
+    # A failed unit's hash never matches, so the next run with the same options retries it.
+    row = {"batch_id": batch_id, "source": source, "source_file": key,
+           "file_sha256": "failed:" + digest if rejected else digest,
+           "format": "synth", "images_read": images + rejected, "images_accepted": images, "images_rejected": rejected,
            "annotations_read": people, "annotations_accepted": people, "annotations_rejected": 0,
-           "files_rejected": 0, "params": records.to_json(params)}
+           "files_rejected": 0, "params": records.to_json(_public(params))}
     return pa.Table.from_pylist([row], schema=schema.BATCHES_SCHEMA)

@@ -191,3 +191,54 @@ def test_extreme_shares_on_real_coco(store, shared_data):
     # Real photos are mostly upright people: the categories synth adds are rare there.
     assert shares["head_below_hips"]["share"] < 0.2
     assert shares["torso_horizontal"]["share"] < 0.3
+
+
+def test_render_threads_share_the_cores_between_workers(monkeypatch):
+    import os
+
+    from posepipe.synth.run import SynthOptions, render_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert render_threads(SynthOptions(count=10, seed=0, workers=2)) == 4
+    assert render_threads(SynthOptions(count=10, seed=0, workers=3)) == 2
+    assert render_threads(SynthOptions(count=1, seed=0, workers=4)) == 8  # one image: one worker
+    assert render_threads(SynthOptions(count=10, seed=0, workers=16)) == 1
+    assert render_threads(SynthOptions(count=10, seed=0, workers=2, threads=3)) == 3
+
+
+def test_background_pick_is_seeded_and_spread():
+    from posepipe.synth.run import pick_background
+
+    pool = [{"source": "s", "image_id": str(i), "sha256": f"{i:064x}"} for i in range(10)]
+    picks = [pick_background(pool, scene.unit_seed(3, i))["image_id"] for i in range(50)]
+    assert picks == [pick_background(pool, scene.unit_seed(3, i))["image_id"] for i in range(50)]
+    assert len(set(picks)) >= 7
+
+
+def test_bvh_writer_and_retarget_without_blender(tmp_path):
+    from posepipe.synth.core import bvh, retarget, rig
+
+    poses = [pose.sample_pose(np.random.default_rng(s)) for s in range(3)]
+    bvh.write_poses(tmp_path / "c.bvh", poses)
+    joints, frames = bvh.read_header(tmp_path / "c.bvh")
+    assert frames == 3 and joints[0] == "Hips" and len(joints) == len(bvh.SKELETON)
+    mapping = retarget.resolve(joints)
+    assert mapping["upper_arm.L"] == ("LeftArm", "LeftForeArm") and mapping["spine.003"] == ("Spine1", None)
+    # Mixamo / Truebones names resolve too (prefix ignored, Spine/Spine1/Spine2 spread over the torso).
+    mixamo = [f"mixamorig:{n}" for n in ("Hips", "Spine", "Spine1", "Spine2", "Neck", "Head", "LeftArm",
+                                          "LeftForeArm", "LeftHand", "RightArm", "RightForeArm", "RightHand",
+                                          "LeftUpLeg", "LeftLeg", "LeftFoot", "RightUpLeg", "RightLeg", "RightFoot")]
+    m = retarget.resolve(mixamo)
+    assert m["spine.001"][0].endswith(":Spine") and m["spine.003"][0].endswith(":Spine2")
+    with pytest.raises(ValueError, match="no joint for thigh.L"):
+        retarget.resolve([n for n in joints if n != "LeftUpLeg"])
+    # swing() turns one direction onto another
+    a, b = np.array([0.0, 1.0, 0.0]), np.array([0.3, -0.2, 0.9])
+    assert np.allclose(retarget.swing(a, b) @ a, b / np.linalg.norm(b))
+    assert np.allclose(retarget.swing(a, -a) @ a, -a)
+    # identity deltas reproduce the rest pose
+    rest = {j: np.eye(3) for j in joints}
+    heads = {j: np.zeros(3) for j in joints}
+    basis = retarget.retarget({k: (v[0], None) for k, v in mapping.items()}, rest, heads)
+    assert all(np.allclose(r, np.eye(3), atol=1e-5) for r in basis.values()) and "spine" in basis
+    assert set(basis) <= set(rig.ORDER)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+import numpy as np
+
 import orjson
 import pytest
+from pycocotools import mask as mask_utils
 
 from posepipe.datasets import schema
 from posepipe.datasets.coco_export import export_coco
 from posepipe.datasets.errors import PosepipeError
-from posepipe.synth.core.scene import SceneConfig
+from posepipe.synth.core.scene import SceneConfig, unit_seed
 from posepipe.synth.run import SynthOptions, synth_run
 
 pytest.importorskip("bpy")
@@ -69,13 +73,25 @@ def test_failed_and_timed_out_units_are_recorded_and_do_not_stop_the_others(stor
     assert "exited with code 3" in result.failed[0] and "timed out" in result.failed[2]
     assert result.rendered == 1
     batches = store.batches(["synth/s5-n3"]).to_pylist()
-    failed = [b for b in batches if b["images_read"] == 0]
+    failed = [b for b in batches if b["images_rejected"]]
     assert len(failed) == 2 and all("failed" in orjson.loads(b["params"]) for b in failed)
-    assert store.images(["synth/s5-n3"]).num_rows == 1
+    assert all(b["images_read"] == b["images_accepted"] + b["images_rejected"] for b in batches)
+    assert sum(b["images_read"] for b in batches) == 3 and store.images(["synth/s5-n3"]).num_rows == 1
+    # Each failed render is a reject row that `posepipe rejects` lists, naming the unit and the error.
+    rejects = store.rejects(["synth/s5-n3"]).to_pylist()
+    seeds = {unit_seed(5, i): i for i in (0, 2)}
+    assert {r["record_id"] for r in rejects} == {str(s) for s in seeds}
+    for r in rejects:
+        assert r["kind"] == "image" and r["reason"] == "render_failed"
+        assert r["file"] == f"synth:synth/s5-n3/{r['record_id']}" and r["file"] in r["message"]
+    listed = subprocess.run([sys.executable, "-m", "posepipe.flows", "rejects", "--source", "synth/s5-n3",
+                             "--store", str(store.root), "--json"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "exited with code 3" in listed.stdout and "timed out" in listed.stdout
     # A later run retries what failed and keeps what succeeded.
     again = synth_run(store, _opts(count=3))
     assert again.unchanged == 1 and again.rendered == 2 and not again.failed
-    assert store.images(["synth/s5-n3"]).num_rows == 3
+    assert store.images(["synth/s5-n3"]).num_rows == 3 and store.rejects(["synth/s5-n3"]).num_rows == 0
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -106,3 +122,72 @@ def test_cli(tmp_path):
     images = PoseStore(tmp_path / "store").images(["synth/s3-n2"]).to_pylist()
     assert {(im["width"], im["height"], im["format"]) for im in images} == {(48, 32, "jpeg")}
     assert schema.image_id_from_sha256(images[0]["sha256"]) == images[0]["image_id"]
+
+
+def test_store_backgrounds_are_composited_behind_people(coco_store, tmp_path):
+    from PIL import Image
+
+    from posepipe.synth.run import background_pool
+
+    opts = _opts(count=2, workers=1, seed=11, backgrounds=("coco-val",),
+                 config=SceneConfig(width=64, height=64, max_people=1, occluder_probability=0.0))
+    result = synth_run(coco_store, opts)
+    assert result.rendered == 2 and not result.failed
+    pool = {r["image_id"]: r for r in background_pool(coco_store, ("coco-val",))}
+    images = coco_store.images(["synth/s11-n2"]).to_pylist()
+    inst = coco_store.instances(["synth/s11-n2"]).to_pylist()
+    for im in images:
+        prov = orjson.loads(im["provenance"])
+        bg = prov["background"]
+        assert bg["source"] == "coco-val" and bg["image_id"] in pool
+        # Outside the person's mask the pixels are the real photo, scaled to cover and centre-cropped.
+        row = pool[bg["image_id"]]
+        photo = Image.open(io.BytesIO(coco_store.read_image(row["shard"], row["offset"], row["num_bytes"])))
+        photo = photo.convert("RGB")
+        scale = max(64 / photo.width, 64 / photo.height)
+        w, h = max(64, round(photo.width * scale)), max(64, round(photo.height * scale))
+        photo = photo.resize((w, h), Image.BILINEAR)
+        photo = np.asarray(photo.crop(((w - 64) // 2, (h - 64) // 2, (w - 64) // 2 + 64, (h - 64) // 2 + 64)))
+        out = np.asarray(Image.open(io.BytesIO(coco_store.read_image(im["shard"], im["offset"], im["num_bytes"]))))
+        people = np.zeros((64, 64), bool)
+        for a in inst:
+            if a["image_id"] == im["image_id"]:
+                people |= mask_utils.decode(orjson.loads(a["segmentation"])).astype(bool)
+        # dilate: anti-aliased edges blend person and photo
+        grown = people.copy()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                grown |= np.roll(np.roll(people, dy, 0), dx, 1)
+        far = ~grown
+        assert far.sum() > 500
+        assert np.abs(out[far].astype(int) - photo[far].astype(int)).max() <= 2
+    # Same seed, same picks; the background is part of what the unit's hash covers.
+    assert synth_run(coco_store, opts).unchanged == 2
+    with pytest.raises(PosepipeError, match="no such source"):
+        synth_run(coco_store, _opts(backgrounds=("nope",)))
+
+
+def test_bvh_clips_pose_people_and_bad_clips_are_user_errors(store, tmp_path):
+    import numpy as np
+
+    from posepipe.synth.core import bvh, pose
+
+    clip = tmp_path / "jump.bvh"
+    bvh.write_poses(clip, [pose.sample_pose(np.random.default_rng(s), "falling") for s in range(5)])
+    opts = _opts(count=2, workers=1, seed=8, bvh=(str(clip),),
+                 config=SceneConfig(width=64, height=64, max_people=2, bvh_share=1.0))
+    result = synth_run(store, opts)
+    assert result.rendered == 2 and not result.failed
+    attrs = [orjson.loads(a) for a in store.instances(["synth/s8-n2"]).column("attributes").to_pylist()]
+    assert attrs and {a["pose_family"] for a in attrs} == {"bvh"}
+    assert all(a["pose"]["params"]["clip"].startswith("jump-") and 0 <= a["pose"]["params"]["frame"] < 5
+               for a in attrs)
+
+    bad = tmp_path / "bad.bvh"
+    bad.write_text("not a clip")
+    with pytest.raises(PosepipeError, match=r"--bvh .*bad.bvh: not a BVH file"):
+        synth_run(store, _opts(bvh=(str(bad),)))
+    armless = tmp_path / "armless.bvh"
+    armless.write_text(clip.read_text().replace("LeftArm", "LeftWing"))
+    with pytest.raises(PosepipeError, match=r"armless.bvh: no joint for upper_arm.L: one of LeftArm"):
+        synth_run(store, _opts(bvh=(str(armless),)))

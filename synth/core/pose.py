@@ -99,8 +99,11 @@ class Pose:
     params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"family": self.family, "dofs": {k: round(v, 4) for k, v in self.dofs.items()},
-                "orientation": [round(v, 4) for v in self.orientation]}
+        out = {"family": self.family, "dofs": {k: round(v, 4) for k, v in self.dofs.items()},
+               "orientation": [round(v, 4) for v in self.orientation]}
+        if self.params:
+            out["params"] = self.params
+        return out
 
 
 def _extreme(rng: np.random.Generator, lo: float, hi: float) -> float:

@@ -28,6 +28,8 @@ class SceneConfig:
     extremeness: float = 0.6
     max_interpenetration: float = 0.5  # share of the thinner part's radius
     pose_attempts: int = 20
+    bvh_clips: tuple = ()  # ((clip name, frame count), ...): mocap poses as a second pose source
+    bvh_share: float = 0.5  # chance that a person takes a mocap frame instead of a sampled pose
 
 
 @dataclass
@@ -132,6 +134,11 @@ def sample_scene(seed: int, config: SceneConfig | None = None) -> SceneSpec:
         if cfg.families:
             family = cfg.families[int(rng.integers(len(cfg.families)))]
         pose = sample_pose(rng, family, cfg.extremeness)
+        if cfg.bvh_clips and rng.random() < cfg.bvh_share:
+            # A mocap frame keeps the clip's own body orientation; only the heading is drawn.
+            name, frames = cfg.bvh_clips[int(rng.integers(len(cfg.bvh_clips)))]
+            pose = Pose("bvh", {}, (0.0, 0.0, float(rng.uniform(-180, 180))),
+                        {"clip": str(name), "frame": int(rng.integers(int(frames)))})
         # People stand 0.5-1.2 m apart side by side with some depth jitter, so they overlap in some views.
         x = (k - (n_people - 1) / 2) * float(rng.uniform(0.5, 1.2))
         people.append(PersonSpec(

@@ -1,5 +1,9 @@
 """The Blender backend: builds a :class:`SceneSpec` with bpy, renders it, reports what it sees.
 
+The scene is built once per worker (:class:`_Stage`) and only re-posed, moved and recoloured per
+image. Poses are computed in numpy (``core/rig.py``, ``core/posing.py``); Blender is used for
+rendering, the index pass, visibility rays and reading BVH clips through its bundled importer.
+
 This is the only module that imports ``bpy``. It runs inside worker processes only (one Blender
 per process: bpy is not thread-safe and a renderer can abort its whole process), see worker.py.
 
@@ -27,11 +31,10 @@ from ..core import body as body_mod
 from ..core import camera as cam
 from ..core import scene as scene_mod
 from ..core import visibility
-from ..core.pose import Pose, bone_eulers, orientation_matrix, sample_pose
+from ..core import posing, retarget
+from ..core.pose import Pose
 
 OCCLUDER_INDEX = 100
-# Rest position of the metarig's pelvis (head of ``spine``): people are placed and turned about it.
-PELVIS_REST = np.array([0.0, 0.055, 1.01])
 _SKIN_PARTS = {"hand.L", "hand.R", "forearm.L", "forearm.R", "neck"}
 _TROUSER_PARTS = {"pelvis", "hips", "thigh.L", "thigh.R", "shin.L", "shin.R", "foot.L", "foot.R"}
 
@@ -60,43 +63,52 @@ class RenderResult:
 
 
 class BlenderRenderer:
-    def __init__(self, engine: str = "cycles", samples: int = 16, device: str = "auto", threads: int = 0):
+    """One per worker process. The scene is built once (rigs, mannequins, occluders, lights, camera,
+    world, render settings, all at full capacity and in a fixed order) and each image only re-poses,
+    moves, recolours and includes/excludes those objects. Building it in a fixed order whatever the
+    first image is keeps the depsgraph (and so Cycles' scene) identical for a given seed however
+    many images a worker rendered before it, which keeps same-seed output byte-identical."""
+
+    def __init__(self, engine: str = "cycles", samples: int = 16, device: str = "auto", threads: int = 0,
+                 clips: dict[str, str] | None = None):
         if engine not in ("cycles", "workbench"):
             raise ValueError(f"unknown engine {engine!r}")
         self.engine, self.samples, self.threads = engine, samples, threads
-        addon_utils.enable("rigify", default_set=True)
         self.device = _pick_device(device) if engine == "cycles" else "CPU"
+        self.clips = dict(clips or {})  # BVH clip name -> file
+        self._stage: _Stage | None = None
 
-    # ----- scene building ------------------------------------------------------------------
-    def render(self, spec: scene_mod.SceneSpec, config: scene_mod.SceneConfig, workdir: Path) -> RenderResult:
+    def stage(self, config: scene_mod.SceneConfig, workdir: Path) -> "_Stage":
+        if self._stage is None:
+            self._stage = _Stage(self, config, workdir)
+        return self._stage
+
+    def render(self, spec: scene_mod.SceneSpec, config: scene_mod.SceneConfig, workdir: Path,
+               world_rgb: tuple[float, float, float] | None = None) -> RenderResult:
         t0 = time.perf_counter()
-        _clear()
-        sc = bpy.context.scene
-        meshes = _unit_meshes()
+        st = self.stage(config, workdir)
         people: list[PersonResult] = []
         bodies: list[body_mod.Body] = []
-        owners: dict[str, int] = {}
         for p, person in enumerate(spec.people):
-            arm = _add_rig(f"rig{p}")
-            body, pose, attempts, worst = _pose_person(arm, person, config)
+            body, pose, attempts, worst = posing.pose_person(person, config, st.clips.basis)
             bodies.append(body)
             people.append(PersonResult(np.zeros((17, 3)), [None] * 17, body.keypoints, pose, attempts, worst))
-            for obj in _build_mannequin(body, person, p, meshes):
-                owners[obj.name] = p
+            st.people[p].place(body, person)
         all_points = np.concatenate([b.keypoints for b in bodies])
         cam_matrix, k = scene_mod.place_camera(spec.camera, all_points, spec.width, spec.height)
-        cam_obj = _add_camera(cam_matrix, spec.camera.focal_mm)
+        st.camera.matrix_world = Matrix(cam_matrix.tolist())
+        st.camera.data.lens = spec.camera.focal_mm
         for o, occ in enumerate(spec.occluders):
             target = bodies[occ.target].keypoints
             centre = target.mean(axis=0)
             radius = float(np.linalg.norm(target - centre, axis=1).max())
-            obj = _add_occluder(occ, scene_mod.place_occluder(occ, cam_matrix, centre, radius), meshes, o)
-            owners[obj.name] = -1
+            st.occluders[o].place(occ, scene_mod.place_occluder(occ, cam_matrix, centre, radius), st.meshes)
         centre = all_points.mean(axis=0)
         for n, light in enumerate(spec.lights):
-            _add_light(light, centre, n)
-        _setup_world(spec)
-        _setup_render(sc, self, spec, cam_obj, workdir)
+            st.lights[n].place(light, centre)
+        st.include(len(spec.people), len(spec.occluders), len(spec.lights))
+        _set_world(st.world, spec, world_rgb)
+        _per_image_settings(bpy.context.scene, self, spec, workdir)
         bpy.context.view_layer.update()
         t_build = time.perf_counter()
         bpy.ops.render.render(write_still=True)
@@ -104,9 +116,9 @@ class BlenderRenderer:
         if self.engine == "cycles":
             index = _read_index_exr(workdir / "index0001.exr")
         else:
-            index = _workbench_index(sc, spec, workdir)
+            index = _workbench_index(bpy.context.scene, st, workdir)
         t_index = time.perf_counter()
-        self._annotate(people, bodies, owners, cam_matrix, k)
+        self._annotate(people, bodies, st.owners, cam_matrix, k)
         t_end = time.perf_counter()
         return RenderResult(
             rgba_png=workdir / "rgba.png", index=index, people=people,
@@ -168,10 +180,92 @@ def _pick_device(device: str) -> str:
     return "CPU"
 
 
+MAX_PEOPLE = 3
+MAX_LIGHTS = 3
+
+
+class _Stage:
+    """Every object a scene can use, built once per worker in a fixed order; unused slots excluded."""
+
+    def __init__(self, r: BlenderRenderer, config: scene_mod.SceneConfig, workdir: Path):
+        _clear()
+        sc = bpy.context.scene
+        self.meshes = _unit_meshes()
+        self.owners: dict[str, int] = {}
+        self.people = [_PersonSlot(p, self.meshes, self.owners) for p in range(MAX_PEOPLE)]
+        self.occluders = [_OccluderSlot(o, self.meshes, self.owners) for o in range(max(config.max_occluders, 0))]
+        self.lights = [_LightSlot(n) for n in range(MAX_LIGHTS)]
+        cam_data = bpy.data.cameras.new("camera")
+        cam_data.sensor_width = cam.SENSOR_MM
+        cam_data.sensor_fit = "HORIZONTAL"
+        cam_data.clip_start, cam_data.clip_end = 0.01, 1000.0
+        self.camera = bpy.data.objects.new("camera", cam_data)
+        self.camera.rotation_mode = "QUATERNION"
+        sc.collection.objects.link(self.camera)
+        sc.camera = self.camera
+        self.world = bpy.data.worlds.new("world")
+        self.world.use_nodes = True
+        sc.world = self.world
+        # Every clip of the job is imported up front, so the scene is the same for every image.
+        self.clips = _Clips(r.clips)
+        _setup_render(sc, r, workdir)
+
+    def include(self, people: int, occluders: int, lights: int) -> None:
+        for slots, n in ((self.people, people), (self.occluders, occluders), (self.lights, lights)):
+            for i, slot in enumerate(slots):
+                _include(slot.collection, i < n)
+
+
+class _Clips:
+    """BVH clips read by Blender's bundled importer (``bpy.ops.import_anim.bvh``), retargeted per frame."""
+
+    def __init__(self, files: dict[str, str]):
+        self.armatures, self.mappings, self.cache = {}, {}, {}
+        if files:
+            addon_utils.enable("io_anim_bvh", default_set=True)
+        for name, path in sorted(files.items()):
+            bpy.ops.import_anim.bvh(filepath=str(path), frame_start=1, use_fps_scale=False,
+                                    update_scene_fps=False, update_scene_duration=False)
+            arm = bpy.context.object
+            arm.name = f"clip:{name}"
+            self.armatures[name] = arm
+            self.mappings[name] = retarget.resolve([b.name for b in arm.data.bones])
+
+    def basis(self, pose: Pose) -> dict[str, np.ndarray]:
+        key = (pose.params["clip"], int(pose.params["frame"]))
+        if key not in self.cache:
+            arm, mapping = self.armatures[key[0]], self.mappings[key[0]]
+            sc = bpy.context.scene
+            sc.frame_set(1 + key[1])
+            mw = np.array(arm.matrix_world)
+            deltas, heads, tails = {}, {}, {}
+            for joint in {j for pair in mapping.values() for j in pair if j}:
+                pb = arm.pose.bones[joint]
+                posed = mw @ np.array(pb.matrix)
+                deltas[joint] = posed[:3, :3] @ np.linalg.inv(mw[:3, :3] @ np.array(pb.bone.matrix_local)[:3, :3])
+                heads[joint] = posed[:3, 3]
+                tails[joint] = (posed @ np.array([0.0, pb.length, 0.0, 1.0]))[:3]
+            sc.frame_set(1)
+            self.cache[key] = retarget.retarget(mapping, deltas, heads, tails)
+        return self.cache[key]
+
+
+def _include(coll, on: bool) -> None:
+    layer = bpy.context.view_layer.layer_collection.children[coll.name]
+    if layer.exclude == on:
+        layer.exclude = not on
+
+
+def _slot_collection(name: str):
+    coll = bpy.data.collections.new(name)
+    bpy.context.scene.collection.children.link(coll)
+    return coll
+
+
 def _clear() -> None:
-    """Remove every datablock a previous scene made, so each render starts from the same state."""
+    """Remove every datablock (factory scene included), so each worker starts from the same state."""
     for coll in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.materials, bpy.data.lights,
-                 bpy.data.cameras, bpy.data.images, bpy.data.worlds, bpy.data.node_groups):
+                 bpy.data.cameras, bpy.data.images, bpy.data.worlds, bpy.data.node_groups, bpy.data.collections):
         for block in list(coll):
             coll.remove(block)
 
@@ -196,76 +290,36 @@ def _unit_meshes() -> dict[str, bpy.types.Mesh]:
     return out
 
 
-def _add_rig(name: str):
-    bpy.ops.object.armature_human_metarig_add()
-    arm = bpy.context.object
-    arm.name = name
-    return arm
+class _Material:
+    """A Principled material whose node graph never changes (only its values), so that a reused
+    material compiles to the same shader for the same colours whatever it showed before."""
+
+    def __init__(self, name: str):
+        self.mat = mat = bpy.data.materials.new(name)
+        mat.use_nodes = True
+        nodes, links = mat.node_tree.nodes, mat.node_tree.links
+        self.bsdf = nodes["Principled BSDF"]
+        self.bsdf.inputs["Roughness"].default_value = 0.6
+        self.noise = nodes.new("ShaderNodeTexNoise")
+        self.mix = nodes.new("ShaderNodeMix")
+        self.mix.data_type = "RGBA"
+        links.new(self.noise.outputs["Fac"], self.mix.inputs["Factor"])
+        links.new(self.mix.outputs["Result"], self.bsdf.inputs["Base Color"])
+
+    def set(self, rgb, texture_scale: float = 0.0) -> None:
+        """Plain colour, or a woven/patterned look where noise darkens the cloth in places."""
+        self.mat.diffuse_color = (*rgb, 1.0)  # what Workbench shows
+        self.mix.inputs["A"].default_value = (*rgb, 1.0)
+        dark = tuple(c * 0.35 for c in rgb) if texture_scale > 0 else tuple(rgb)
+        self.mix.inputs["B"].default_value = (*dark, 1.0)
+        self.noise.inputs["Scale"].default_value = texture_scale if texture_scale > 0 else 1.0
 
 
-def _pose_person(arm, person: scene_mod.PersonSpec, config: scene_mod.SceneConfig):
-    """Pose the rig; re-draw the pose (same family) while limbs interpenetrate; keep the least bad."""
-    pose, best = person.pose, None
-    for attempt in range(max(1, config.pose_attempts)):
-        if attempt:
-            rng = np.random.default_rng([person.pose_seed, attempt])
-            pose = sample_pose(rng, person.pose.family, config.extremeness)
-        body = _apply_pose(arm, pose, person)
-        worst = body_mod.interpenetration(body)
-        if best is None or worst < best[3]:
-            best = (body, pose, attempt + 1, worst)
-        if worst <= config.max_interpenetration:
-            return body, pose, attempt + 1, worst
-    body, pose, _, worst = best
-    return _apply_pose(arm, pose, person), pose, config.pose_attempts, worst
-
-
-def _apply_pose(arm, pose: Pose, person: scene_mod.PersonSpec) -> body_mod.Body:
-    s = person.height_scale
-    m = np.eye(4)
-    m[:3, :3] = orientation_matrix(*pose.orientation) * s
-    m[:3, 3] = np.asarray(person.location) - m[:3, :3] @ PELVIS_REST
-    arm.matrix_world = Matrix(m.tolist())
-    for bone, euler in bone_eulers(pose.dofs).items():
-        pb = arm.pose.bones[bone]
-        pb.rotation_mode = "XYZ"
-        pb.rotation_euler = euler
-    bpy.context.view_layer.update()
-    mw = arm.matrix_world
-    rig = {}
-    for name in body_mod.RIG_BONES:
-        pb = arm.pose.bones[name]
-        rig[name] = (np.array(mw @ pb.head), np.array(mw @ pb.tail))
-    hb = arm.pose.bones[body_mod.HEAD_BONE]
-    deform = mw @ hb.matrix @ hb.bone.matrix_local.inverted()
-    return body_mod.build_body(rig, np.array(deform), s, person.limb_thickness, person.torso_width)
-
-
-def _material(name: str, rgb, texture_scale: float = 0.0):
-    mat = bpy.data.materials.new(name)
-    mat.diffuse_color = (*rgb, 1.0)
-    mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    bsdf = nodes["Principled BSDF"]
-    bsdf.inputs["Base Color"].default_value = (*rgb, 1.0)
-    bsdf.inputs["Roughness"].default_value = 0.6
-    if texture_scale > 0:  # a woven/patterned look: noise darkens the cloth in places
-        noise = nodes.new("ShaderNodeTexNoise")
-        noise.inputs["Scale"].default_value = texture_scale
-        mix = nodes.new("ShaderNodeMix")
-        mix.data_type = "RGBA"
-        mix.inputs["A"].default_value = (*rgb, 1.0)
-        mix.inputs["B"].default_value = tuple(c * 0.35 for c in rgb) + (1.0,)
-        links.new(noise.outputs["Fac"], mix.inputs["Factor"])
-        links.new(mix.outputs["Result"], bsdf.inputs["Base Color"])
-    return mat
-
-
-def _link(name: str, mesh, matrix: np.ndarray, index: int, material):
+def _link(name: str, mesh, index: int, material, collection):
     obj = bpy.data.objects.new(name, mesh)
-    obj.matrix_world = Matrix(matrix.tolist())
+    obj.rotation_mode = "QUATERNION"  # matrix_world -> rotation without Euler compatibility with the last value
     obj.pass_index = index
-    bpy.context.scene.collection.objects.link(obj)
+    collection.objects.link(obj)
     # The unit meshes are shared, so each object carries its own material in its one slot.
     obj.material_slots[0].link = "OBJECT"
     obj.material_slots[0].material = material
@@ -290,75 +344,95 @@ def _capsule_matrices(a: np.ndarray, b: np.ndarray, r: float) -> list[np.ndarray
     return out
 
 
-def _build_mannequin(body: body_mod.Body, person: scene_mod.PersonSpec, p: int, meshes) -> list:
-    skin = _material(f"skin{p}", person.skin_rgb)
-    shirt = _material(f"shirt{p}", person.clothing_rgb, person.texture_scale)
-    trousers = _material(f"trousers{p}", person.trousers_rgb, person.texture_scale)
-    objs = []
-    for (a, b), r, name in zip(body.capsules, body.radii, body.names):
-        mat = skin if name in _SKIN_PARTS else trousers if name in _TROUSER_PARTS else shirt
-        for n, m in enumerate(_capsule_matrices(a, b, float(r))):
-            objs.append(_link(f"p{p}.{name}.{n}", meshes["cylinder" if n == 0 else "sphere"], m, p + 1, mat))
-    objs.append(_link(f"p{p}.head", meshes["sphere"], body.head, p + 1, skin))
-    objs.append(_link(f"p{p}.nose", meshes["sphere"], body.nose, p + 1, skin))
-    return objs
+class _PersonSlot:
+    """Person p's mannequin: one capsule (cylinder + 2 spheres) per body part, a head and a nose."""
+
+    def __init__(self, p: int, meshes, owners: dict[str, int]):
+        self.collection = _slot_collection(f"person{p}")
+        self.skin, self.shirt, self.trousers = (_Material(f"{kind}{p}") for kind in ("skin", "shirt", "trousers"))
+        self.parts = []
+        for name in body_mod.CAPSULE_NAMES:
+            mat = self.skin if name in _SKIN_PARTS else self.trousers if name in _TROUSER_PARTS else self.shirt
+            self.parts.append([_link(f"p{p}.{name}.{n}", meshes["cylinder" if n == 0 else "sphere"], p + 1,
+                                     mat.mat, self.collection) for n in range(3)])
+        self.head = _link(f"p{p}.head", meshes["sphere"], p + 1, self.skin.mat, self.collection)
+        self.nose = _link(f"p{p}.nose", meshes["sphere"], p + 1, self.skin.mat, self.collection)
+        for obj in self.collection.objects:
+            owners[obj.name] = p
+
+    def place(self, body: body_mod.Body, person: scene_mod.PersonSpec) -> None:
+        self.skin.set(person.skin_rgb)
+        self.shirt.set(person.clothing_rgb, person.texture_scale)
+        self.trousers.set(person.trousers_rgb, person.texture_scale)
+        for objs, (a, b), r in zip(self.parts, body.capsules, body.radii):
+            for obj, m in zip(objs, _capsule_matrices(a, b, float(r))):
+                obj.matrix_world = Matrix(m.tolist())
+        self.head.matrix_world = Matrix(body.head.tolist())
+        self.nose.matrix_world = Matrix(body.nose.tolist())
 
 
-def _add_camera(matrix: np.ndarray, focal_mm: float):
-    data = bpy.data.cameras.new("camera")
-    data.lens = focal_mm
-    data.sensor_width = cam.SENSOR_MM
-    data.sensor_fit = "HORIZONTAL"
-    data.clip_start = 0.01
-    data.clip_end = 1000.0
-    obj = bpy.data.objects.new("camera", data)
-    obj.matrix_world = Matrix(matrix.tolist())
-    bpy.context.scene.collection.objects.link(obj)
-    bpy.context.scene.camera = obj
-    return obj
+class _OccluderSlot:
+    def __init__(self, o: int, meshes, owners: dict[str, int]):
+        self.collection = _slot_collection(f"occluder{o}")
+        self.material = _Material(f"occ{o}")
+        self.obj = _link(f"occluder{o}", meshes["box"], OCCLUDER_INDEX + o, self.material.mat, self.collection)
+        owners[self.obj.name] = -1
+
+    def place(self, spec: scene_mod.OccluderSpec, matrix: np.ndarray, meshes) -> None:
+        mesh = meshes["cylinder" if spec.kind == "cylinder" else "box"]
+        if self.obj.data != mesh:
+            self.obj.data = mesh
+            self.obj.material_slots[0].link = "OBJECT"
+            self.obj.material_slots[0].material = self.material.mat
+        if spec.kind == "cylinder":
+            matrix = matrix.copy()
+            matrix[:3, 0] *= 0.5  # unit cylinder has radius 1: make its width the spec's size
+            matrix[:3, 1] *= 0.5
+        self.obj.matrix_world = Matrix(matrix.tolist())
+        self.material.set(spec.rgb)
 
 
-def _add_occluder(spec: scene_mod.OccluderSpec, matrix: np.ndarray, meshes, o: int):
-    mesh = meshes["cylinder" if spec.kind == "cylinder" else "box"]
-    if spec.kind == "cylinder":
-        matrix = matrix.copy()
-        matrix[:3, 0] *= 0.5  # unit cylinder has radius 1: make its width the spec's size
-        matrix[:3, 1] *= 0.5
-    return _link(f"occluder{o}", mesh, matrix, OCCLUDER_INDEX + o, _material(f"occ{o}", spec.rgb, 0.0))
+class _LightSlot:
+    """One light object; its data is swapped between a sun, a point and an area light."""
+
+    def __init__(self, n: int):
+        self.collection = _slot_collection(f"light{n}")
+        self.data = {kind: bpy.data.lights.new(f"light{n}.{kind}", kind) for kind in ("SUN", "POINT", "AREA")}
+        self.data["AREA"].size = 1.0
+        self.obj = bpy.data.objects.new(f"light{n}", self.data["SUN"])
+        self.obj.rotation_mode = "QUATERNION"
+        self.collection.objects.link(self.obj)
+
+    def place(self, spec: scene_mod.LightSpec, target: np.ndarray) -> None:
+        data = self.data[spec.kind]
+        data.energy = spec.energy
+        data.color = spec.rgb
+        if self.obj.data != data:
+            self.obj.data = data
+        el, az = math.radians(spec.elevation), math.radians(spec.azimuth)
+        direction = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
+        m = cam.look_at(target + 5.0 * direction, target)  # lights, like cameras, shine down their -Z
+        self.obj.matrix_world = Matrix(m.tolist())
 
 
-def _add_light(spec: scene_mod.LightSpec, target: np.ndarray, n: int) -> None:
-    data = bpy.data.lights.new(f"light{n}", spec.kind)
-    data.energy = spec.energy
-    data.color = spec.rgb
-    if spec.kind == "AREA":
-        data.size = 1.0
-    el, az = math.radians(spec.elevation), math.radians(spec.azimuth)
-    direction = np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-    m = cam.look_at(target + 5.0 * direction, target)  # lights, like cameras, shine down their -Z
-    obj = bpy.data.objects.new(f"light{n}", data)
-    obj.matrix_world = Matrix(m.tolist())
-    bpy.context.scene.collection.objects.link(obj)
-
-
-def _setup_world(spec: scene_mod.SceneSpec) -> None:
-    world = bpy.data.worlds.new("world")
-    world.use_nodes = True
+def _set_world(world, spec: scene_mod.SceneSpec, world_rgb=None) -> None:
+    """Ambient light: the mean colour of the background behind the person (gradient or photo)."""
     bg = world.node_tree.nodes["Background"]
-    sky = tuple((a + b) / 2 for a, b in zip(spec.background.top_rgb, spec.background.bottom_rgb))
+    sky = world_rgb or tuple((a + b) / 2 for a, b in zip(spec.background.top_rgb, spec.background.bottom_rgb))
     bg.inputs["Color"].default_value = (*sky, 1.0)
     bg.inputs["Strength"].default_value = spec.world_strength
-    bpy.context.scene.world = world
 
 
-def _setup_render(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, cam_obj, workdir: Path) -> None:
+def _setup_render(sc, r: BlenderRenderer, workdir: Path) -> None:
+    """Settings that hold for every image of the worker."""
     render = sc.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = spec.width, spec.height, 100
     render.film_transparent = True
     render.use_stamp = False
     for flag in ("date", "time", "render_time", "frame", "frame_range", "memory", "hostname", "camera",
                  "lens", "scene", "marker", "filename", "sequencer_strip", "note"):
         setattr(render, f"use_stamp_{flag}", False)
+    # Persistent data would let Cycles refit rather than rebuild its BVH: the result would then depend
+    # on the image rendered before.
     render.use_persistent_data = False
     if r.threads:
         render.threads_mode, render.threads = "FIXED", r.threads
@@ -367,9 +441,7 @@ def _setup_render(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, cam_obj, wo
     sc.display_settings.display_device = "sRGB"
     render.image_settings.file_format = "PNG"
     render.image_settings.color_mode = "RGBA"
-    render.image_settings.color_depth = "8"
-    render.image_settings.compression = 15
-    render.filepath = str(workdir / "rgba.png")
+    render.image_settings.compression = 0  # a scratch file read straight back: no time on zlib
     sc.frame_set(1)
     sc.use_nodes = r.engine == "cycles"
     if r.engine == "cycles":
@@ -378,7 +450,6 @@ def _setup_render(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, cam_obj, wo
         sc.cycles.samples = r.samples
         sc.cycles.use_adaptive_sampling = False
         sc.cycles.use_denoising = False
-        sc.cycles.seed = spec.seed % (2**31)
         sc.cycles.max_bounces = 4
         sc.view_layers[0].use_pass_object_index = True
         tree = sc.node_tree
@@ -387,16 +458,27 @@ def _setup_render(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, cam_obj, wo
         layers = tree.nodes.new("CompositorNodeRLayers")
         composite = tree.nodes.new("CompositorNodeComposite")
         out = tree.nodes.new("CompositorNodeOutputFile")
-        out.base_path = str(workdir)
+        out.name = "index_out"
         out.format.file_format = "OPEN_EXR"
         out.format.color_mode = "BW"
         out.format.color_depth = "32"
-        out.format.exr_codec = "ZIP"
+        out.format.exr_codec = "NONE"
         out.file_slots[0].path = "index"
         tree.links.new(layers.outputs["Image"], composite.inputs["Image"])
         tree.links.new(layers.outputs["IndexOB"], out.inputs[0])
     else:
         render.engine = "BLENDER_WORKBENCH"
+
+
+def _per_image_settings(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, workdir: Path) -> None:
+    render = sc.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = spec.width, spec.height, 100
+    render.filepath = str(workdir / "rgba.png")
+    render.image_settings.color_depth = "8"
+    if r.engine == "cycles":
+        sc.cycles.seed = spec.seed % (2**31)
+        sc.node_tree.nodes["index_out"].base_path = str(workdir)
+    else:  # undo what the index render of the previous image changed
         sc.display.render_aa = "8" if r.samples >= 8 else "5" if r.samples >= 5 else "OFF"
         shading = sc.display.shading
         shading.light, shading.color_type = "STUDIO", "MATERIAL"
@@ -413,18 +495,18 @@ def _read_index_exr(path: Path) -> np.ndarray:
     return np.rint(px.reshape(h, w, 4)[::-1, :, 0]).astype(np.int32)
 
 
-def _workbench_index(sc, spec: scene_mod.SceneSpec, workdir: Path) -> np.ndarray:
+def _workbench_index(sc, st: _Stage, workdir: Path) -> np.ndarray:
     """Second Workbench render, flat and unlit, with each object's index coded in its colour."""
-    ids = sorted({o.pass_index for o in bpy.data.objects if o.type == "MESH"})
+    visible = [o for slot in (*st.people, *st.occluders) for o in slot.collection.objects
+               if not bpy.context.view_layer.layer_collection.children[slot.collection.name].exclude]
+    ids = sorted({o.pass_index for o in visible})
     code = {pid: (n + 1) for n, pid in enumerate(ids)}  # compact codes, far apart in colour
     step = 1.0 / (len(ids) + 1)
-    for obj in bpy.data.objects:
-        if obj.type == "MESH":
-            obj.color = (code[obj.pass_index] * step, 0.0, 0.0, 1.0)
+    for obj in visible:
+        obj.color = (code[obj.pass_index] * step, 0.0, 0.0, 1.0)
     shading = sc.display.shading
     shading.light, shading.color_type = "FLAT", "OBJECT"
     sc.display.render_aa = "OFF"
-    sc.view_settings.view_transform = "Standard"
     render = sc.render
     render.filepath = str(workdir / "ids.png")
     render.image_settings.color_depth = "16"
