@@ -59,3 +59,74 @@ def test_export_errors_are_one_line(trained_run, train_workspace, tmp_path):
     with pytest.raises(PosepipeError, match="no node named 'no_such_node'"):
         export_model(trained_run / CHECKPOINT, tmp_path / "o", manifest,
                      options=ExportOptions(calibration=2, latency_runs=1, exclude_nodes=["no_such_node"]))
+
+
+def _float_convs_after_ort(path, tmp_path) -> tuple[list[str], int]:
+    """Op types ONNX Runtime runs in float (Conv/ConvTranspose) and its QLinearConv count, after its own fusions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # the QDQ -> QLinear fusions
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    return [o for o in ops if o in ("Conv", "ConvTranspose")], ops.count("QLinearConv")
+
+
+@pytest.mark.parametrize("name, float_left", [("tiny-up", []), ("tiny", ["ConvTranspose", "ConvTranspose"])])
+def test_upsample_head_quantizes_end_to_end(tmp_path, name, float_left):
+    """ORT has no INT8 ConvTranspose on CPU: the deconv head stays float, the upsample head does not."""
+    import torch
+
+    from posepipe.training.export import export_fp32, quantize_int8
+    from posepipe.training.model import build_model, num_parameters
+
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    assert 90_000 < num_parameters(model) < 110_000  # both tiny variants stay test-sized
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_fp32(model, model.config, fp32)
+    crops = np.random.default_rng(0).normal(size=(4, 3, 64, 48)).astype(np.float32)
+    quantize_int8(fp32, int8, crops, [])
+    float_ops, qlinear = _float_convs_after_ort(int8, tmp_path)
+    assert float_ops == float_left
+    assert qlinear == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    a = onnx_predictor(session(fp32))(crops)
+    b = onnx_predictor(session(int8))(crops)
+    assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
+def test_quantization_options(tmp_path):
+    import torch
+
+    from posepipe.training.export import ExportOptions, export_fp32, quantize_int8
+    from posepipe.training.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny-up").eval()
+    fp32 = tmp_path / "fp32.onnx"
+    export_fp32(model, model.config, fp32)
+    crops = np.random.default_rng(0).normal(size=(2, 3, 64, 48)).astype(np.float32)
+    quantize_int8(fp32, tmp_path / "qop.onnx", crops, [], ExportOptions(quant_format="qoperator", per_channel=False))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "qop.onnx")).graph.node]
+    assert "QLinearConv" in ops and "Conv" not in ops
+    for activations, dtype in (("int8", onnx.TensorProto.INT8), ("uint8", onnx.TensorProto.UINT8)):
+        quantize_int8(fp32, tmp_path / "q.onnx", crops, [], ExportOptions(activations=activations))
+        zero_points = {t.name: t for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+        assert zero_points["input_zero_point"].data_type == dtype  # the activation entering the network
+    with pytest.raises(PosepipeError, match="unknown quantization format 'int4'"):
+        quantize_int8(fp32, tmp_path / "x.onnx", crops, [], ExportOptions(quant_format="int4"))
+    with pytest.raises(PosepipeError, match="unknown activation type 'fp8'"):
+        quantize_int8(fp32, tmp_path / "x.onnx", crops, [], ExportOptions(activations="fp8"))
+
+
+def test_checkpoints_without_a_head_field_load_the_deconv_head():
+    from posepipe.training.model import CONFIGS, ModelConfig, build_model
+
+    old = CONFIGS["tiny"].to_dict()
+    del old["head"]
+    config = ModelConfig.from_dict(old)
+    assert config == CONFIGS["tiny"] and config.head == "deconv"
+    assert build_model(config).state_dict().keys() == build_model("tiny").state_dict().keys()
+    with pytest.raises(PosepipeError, match="unknown model head 'pixelshuffle'"):
+        build_model(ModelConfig.from_dict({**old, "head": "pixelshuffle"}))

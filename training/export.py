@@ -1,8 +1,14 @@
 """Export a checkpoint to ONNX (FP32), check it against PyTorch, and quantize it to static INT8.
 
 INT8 uses ONNX Runtime's quantizer (torch.ao.quantization is deprecated): QDQ format, per-channel
-weights, activations calibrated (min/max) on crops of real and synthetic people from the
-manifest. Nodes that lose too much accuracy can stay in float with ``exclude_nodes``.
+int8 weights, uint8 activations (U8S8, the combination MLAS's VNNI/AMX kernels run fastest),
+calibrated (min/max) on crops of real and synthetic people from the manifest. Nodes that lose
+too much accuracy can stay in float with ``exclude_nodes``. The format, per-tensor weights and
+int8 activations are options for comparison (``bench/export.py --variants``).
+
+ONNX Runtime has no INT8 ConvTranspose on CPU: a ``deconv`` head runs in float between
+Dequantize and Quantize nodes, so the ``*-up`` models (upsample head) are the ones whose INT8 is
+fast; see ``model.py``.
 
 The report (``export_report.json`` and ``export_report.md``) gives file sizes, CPU latency per
 image of both models measured side by side in this one process, the COCO keypoint AP of both on
@@ -47,6 +53,17 @@ class ExportOptions:
     threads: int = 0  # ONNX Runtime intra-op threads; 0: its default (all cores)
     seed: int = 0
     val_sources: list[str] | None = None  # when the manifest has no real val rows
+    quant_format: str = "qdq"  # "qdq" (QuantizeLinear/DequantizeLinear pairs) or "qoperator" (QLinearConv...)
+    per_channel: bool = True  # one weight scale per output channel (else one per tensor)
+    activations: str = "uint8"  # "uint8" (U8S8) or "int8" (S8S8, symmetric activations)
+
+    def describe(self) -> str:
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        return f"static {self.quant_format.upper()}, {weights} int8 weights, {self.activations} activations, min/max calibration"
+
+
+QUANT_FORMATS = ("qdq", "qoperator")
+ACTIVATIONS = ("uint8", "int8")
 
 
 def load_model(checkpoint: Path):
@@ -128,10 +145,23 @@ class CropReader:
         self.pos = 0
 
 
-def quantize_int8(fp32: Path, target: Path, crops: np.ndarray, exclude_nodes: list[str]) -> None:
+def check_quant_options(opts: ExportOptions) -> None:
+    if opts.quant_format not in QUANT_FORMATS:
+        raise PosepipeError(f"unknown quantization format {opts.quant_format!r}; known: {', '.join(QUANT_FORMATS)}")
+    if opts.activations not in ACTIVATIONS:
+        raise PosepipeError(f"unknown activation type {opts.activations!r}; known: {', '.join(ACTIVATIONS)}")
+
+
+def quantize_int8(fp32: Path, target: Path, crops: np.ndarray, exclude_nodes: list[str],
+                  options: ExportOptions | None = None) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    opts = options or ExportOptions()
+    check_quant_options(opts)
+    quant_format = QuantFormat.QDQ if opts.quant_format == "qdq" else QuantFormat.QOperator
+    activation_type = QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8
 
     names = {n.name for n in onnx.load(str(fp32)).graph.node}
     unknown = [n for n in exclude_nodes if n not in names]
@@ -139,9 +169,11 @@ def quantize_int8(fp32: Path, target: Path, crops: np.ndarray, exclude_nodes: li
         raise PosepipeError(f"{fp32}: no node named {unknown[0]!r} to exclude (nodes: {', '.join(sorted(names)[:8])}, ...)")
     with atomic.atomic_path(target.with_suffix(".pre.onnx")) as pre, atomic.atomic_path(target) as tmp:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), CropReader("input", crops), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude_nodes))
+        quantize_static(str(pre), str(tmp), CropReader("input", crops), quant_format=quant_format,
+                        per_channel=opts.per_channel, activation_type=activation_type, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude_nodes),
+                        # S8S8 wants activations symmetric around 0 (zero point 0).
+                        extra_options={"ActivationSymmetric": opts.activations == "int8"})
     target.with_suffix(".pre.onnx").unlink(missing_ok=True)
 
 
@@ -172,6 +204,7 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
         raise PosepipeError(f"{checkpoint}: checkpoint not found")
     if opts.calibration < 1:
         raise PosepipeError("--calibration must be at least 1")
+    check_quant_options(opts)
     man = load_manifest(manifest, store)
     pose_store = PoseStore(man.store_root)
     model, config = load_model(checkpoint)
@@ -199,7 +232,7 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
     train_rows = man.split("train")
     crops, calib_counts = calibration_crops(pose_store, train_rows if len(train_rows) else man.rows, config,
                                             opts.calibration, opts.seed)
-    quantize_int8(fp32_path, int8_path, crops, opts.exclude_nodes)
+    quantize_int8(fp32_path, int8_path, crops, opts.exclude_nodes, opts)
     int8 = session(int8_path, opts.threads)
 
     latency = side_by_side_latency({"fp32": fp32, "int8": int8}, check[:1], opts.latency_runs)
@@ -219,7 +252,7 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
         "metrics_fp32": ap["fp32"], "metrics_int8": ap["int8"],
         "max_abs_diff": max_abs_diff, "validation_people": len(val.instances),
         "calibration_images": calib_counts, "excluded_nodes": list(opts.exclude_nodes),
-        "quantization": "static QDQ, per-channel int8 weights, uint8 activations, min/max calibration",
+        "quantization": opts.describe(), "head": config.head,
     }
     report["targets"] = {
         "size_ratio<=0.3": report["size_ratio"] <= TARGETS["size_ratio"],
@@ -252,6 +285,7 @@ def report_markdown(r: dict) -> str:
         f"<= 1.0 point ({mark(t['ap_drop<=1.0'])}) |",
         "",
         f"Largest absolute difference ONNX FP32 vs PyTorch: {r['max_abs_diff']:.2e}.",
+        f"INT8: {r['quantization']}; model head: {r['head']}.",
         f"Excluded from quantization: {', '.join(r['excluded_nodes']) or 'nothing'}.",
         "",
     ])

@@ -3,6 +3,11 @@
 Xiao et al., "Simple Baselines for Human Pose Estimation": a backbone down to stride 32 (or
 less), transposed convolutions back up to stride 4, and a 1x1 convolution giving one heatmap per
 joint. Width and depth are set by :class:`ModelConfig`; ``tiny`` is for tests, ``base`` for use.
+
+``head="upsample"`` (the ``*-up`` configs) replaces each transposed convolution with a nearest
+2x upsample and a 3x3 convolution. ONNX Runtime has no INT8 ConvTranspose kernel on CPU, so the
+``deconv`` head stays in float after quantization and dominates INT8 latency; the upsample head
+quantizes end to end (Resize on uint8, QLinearConv).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class ModelConfig:
     stage_blocks: tuple[int, ...]
     deconv_channels: int
     num_joints: int = NUM_JOINTS
+    head: str = "deconv"  # "deconv" (SimpleBaseline) or "upsample" (nearest 2x + 3x3 conv)
 
     @property
     def backbone_stride(self) -> int:
@@ -55,6 +61,7 @@ class ModelConfig:
             stage_blocks=tuple(int(v) for v in d["stage_blocks"]),
             deconv_channels=int(d["deconv_channels"]),
             num_joints=int(d.get("num_joints", NUM_JOINTS)),
+            head=str(d.get("head", "deconv")),  # checkpoints from before the option have the deconv head
         )
 
 
@@ -63,7 +70,12 @@ CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig("tiny", (64, 48), 16, (24, 32, 48), (1, 1, 1), 32),
     # ResNet-18 layout at half width, 256x192 crops -> 64x48 heatmaps (SimpleBaseline's setting).
     "base": ModelConfig("base", (256, 192), 32, (32, 64, 128, 256), (2, 2, 2, 2), 128),
+    # The same backbones with the upsample head, which quantizes to INT8 end to end. tiny-up's head
+    # is a little wider so it keeps tiny's ~100k parameters (3x3 kernels have fewer than 4x4 ones).
+    "tiny-up": ModelConfig("tiny-up", (64, 48), 16, (24, 32, 48), (1, 1, 1), 44, head="upsample"),
+    "base-up": ModelConfig("base-up", (256, 192), 32, (32, 64, 128, 256), (2, 2, 2, 2), 128, head="upsample"),
 }
+HEADS = ("deconv", "upsample")
 
 
 def get_config(name: str) -> ModelConfig:
@@ -104,13 +116,15 @@ class PoseNet(nn.Module):
             stages.append(nn.Sequential(*layers))
             c = channels
         self.backbone = nn.Sequential(*stages)
+        if config.head not in HEADS:
+            raise PosepipeError(f"unknown model head {config.head!r}; known: {', '.join(HEADS)}")
         head = []
         for _ in range(config.num_deconv):
-            head += [
-                nn.ConvTranspose2d(c, config.deconv_channels, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(config.deconv_channels),
-                nn.ReLU(inplace=True),
-            ]
+            if config.head == "deconv":
+                up = [nn.ConvTranspose2d(c, config.deconv_channels, 4, 2, 1, bias=False)]
+            else:
+                up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, config.deconv_channels, 3, 1, 1, bias=False)]
+            head += [*up, nn.BatchNorm2d(config.deconv_channels), nn.ReLU(inplace=True)]
             c = config.deconv_channels
         self.head = nn.Sequential(*head)
         self.final = nn.Conv2d(c, config.num_joints, 1)
