@@ -16,7 +16,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         ctx: typer.Context,
         manifest: Path = typer.Option(..., "--manifest", help="Manifest folder written by `posepipe mix`."),
         out: Path = typer.Option(..., "--out", help="Output folder: checkpoint.pt, train_log.jsonl, metrics.json."),
-        model: str = typer.Option("tiny", "--model", help="tiny (64x48, ~100k parameters) or base (256x192)."),
+        model: str = typer.Option("tiny", "--model", help="tiny (64x48, ~100k parameters) or base (256x192 in, 64x48 heatmaps); "
+                                   "tiny-up / base-up swap the deconvolution head for upsample+conv, which INT8 runs much faster."),
         nproc: int = typer.Option(1, "--nproc", help="Processes (ranks) on this machine; GPUs on a GPU machine."),
         nnodes: int = typer.Option(1, "--nnodes", help="Machines; run the same command on each."),
         rdzv_endpoint: Optional[str] = typer.Option(
