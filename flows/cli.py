@@ -30,6 +30,9 @@ cli_store.register(app, ingest_app, export_app)
 from posepipe.flows import cli_synth  # noqa: E402
 
 cli_synth.register(app, ingest_app, export_app)
+from posepipe.flows import cli_orchestrate  # noqa: E402
+
+cli_orchestrate.register(app, ingest_app, export_app)
 from posepipe.flows import cli_version  # noqa: E402
 
 cli_version.register(app, ingest_app, export_app)

@@ -1,0 +1,308 @@
+"""The main job: ingest -> synth -> mix -> release (DVC) -> train -> export -> report.
+
+``PipelineConfig.load`` reads the ``pipeline:`` section of params.yaml (plus ``mix:`` for the
+mix settings it does not override). Each stage is a plain function of the config
+(``stage_ingest``, ``stage_synth``...), so ``run_direct`` runs the whole job without Prefect
+(the benchmark's baseline) and the ``pipeline`` flow runs the same functions as Prefect
+subflows and tasks, with a summary artifact and run history.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from posepipe.datasets.errors import PosepipeError
+from posepipe.flows import prefect_env
+
+prefect_env.configure()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from posepipe.flows import ingest_flow, synth_flow, train_flow  # noqa: E402
+
+SUMMARY_ARTIFACT_KEY = "pipeline-summary"
+REPORT_NAME = "report.html"
+
+
+@dataclass
+class PipelineConfig:
+    params: Path
+    store: Path
+    out: Path
+    coco: list[ingest_flow.CocoSpec]
+    labelme: list[ingest_flow.LabelmeSpec]
+    synth: synth_flow.SynthSpec | None
+    mix: dict[str, Any]
+    train: train_flow.TrainSpec | None
+    release: str | None = None
+    repo: Path = Path(".")
+    extra_real: list[str] = field(default_factory=list)  # sources already in the store to mix in
+
+    @classmethod
+    def load(cls, params: str | Path = "params.yaml", *, store: str | Path | None = None,
+             out: str | Path | None = None, release: str | None = None, synth_images: int | None = None,
+             train_steps: int | None = None, skip_train: bool = False) -> "PipelineConfig":
+        params = Path(params)
+        doc = ingest_flow.read_params(params)
+        section = doc.get("pipeline")
+        if not isinstance(section, Mapping):
+            raise PosepipeError(f"{params}: no pipeline: section (see docs/orchestration.md)")
+        where = f"{params}: pipeline"
+        known = {"out", "store", "ingest", "synth", "mix", "train", "release", "real"}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise PosepipeError(f"{where}.{unknown[0]} is not a pipeline setting (known: {', '.join(sorted(known))})")
+        coco, labelme = ingest_flow.specs_from_section(section.get("ingest"), f"{where}.ingest")
+        synth = None
+        if section.get("synth"):
+            synth_values = dict(section["synth"])
+            if synth_images is not None:
+                synth_values["images"] = synth_images
+            synth = synth_flow.SynthSpec.from_mapping(synth_values, f"{where}.synth")
+            if synth.images < 1:
+                synth = None
+        train = None
+        if section.get("train") and not skip_train:
+            values = dict(section["train"])
+            if train_steps is not None:
+                values.update(max_steps=train_steps, epochs=None)
+            train = train_flow.TrainSpec.from_mapping(values, f"{where}.train")
+        mix = {k: v for k, v in (doc.get("mix") or {}).items() if k not in ("real", "synth")}
+        mix.update(section.get("mix") or {})
+        if synth is None:  # real data only: a ratio that asks for synthetic people cannot be met
+            mix["ratio"] = "0:1"
+            if train is not None:
+                train.ratio = "0:1"
+        out_dir = Path(out or section.get("out") or "out/pipeline")
+        # --out without --store keeps the run self-contained: its store goes inside it.
+        store_dir = store or (out_dir / "store" if out else section.get("store")) or out_dir / "store"
+        return cls(params=params, store=Path(store_dir), out=out_dir,
+                   coco=coco, labelme=labelme, synth=synth, mix=mix, train=train,
+                   release=release or section.get("release"), repo=params.resolve().parent,
+                   extra_real=list(section.get("real") or []))
+
+    @property
+    def real_sources(self) -> list[str]:
+        names = [s.source for s in self.coco] + [s.source for s in self.labelme] + self.extra_real
+        return list(dict.fromkeys(names))
+
+    @property
+    def synth_sources(self) -> list[str]:
+        return [self.synth.source] if self.synth else []
+
+    def check(self) -> None:
+        if not self.coco and not self.labelme and not self.extra_real:
+            raise PosepipeError(f"{self.params}: pipeline.ingest lists no coco or labelme source")
+        ingest_flow.check_inputs(self.coco, self.labelme)
+
+
+# ----- stages (plain functions; Prefect wraps them below) ----------------------------------
+def stage_ingest(cfg: PipelineConfig) -> list[dict]:
+    results = [ingest_flow.ingest_coco_batch(str(cfg.store), s) for s in cfg.coco]
+    results += [ingest_flow.ingest_labelme_batch(str(cfg.store), s) for s in cfg.labelme]
+    fatal = ingest_flow.fatal_error(results)
+    if fatal:
+        raise PosepipeError(fatal)
+    return results
+
+
+def stage_synth(cfg: PipelineConfig) -> dict:
+    if cfg.synth is None:
+        return {"status": "skipped", "reason": "no synth section (or 0 images)"}
+    return synth_flow.render_direct(str(cfg.store), cfg.synth)
+
+
+def stage_mix(cfg: PipelineConfig) -> dict:
+    from posepipe.datasets.mix import MixConfig, build_manifest, write_mix
+    from posepipe.datasets.store import PoseStore
+
+    config = MixConfig.from_params(cfg.mix, f"{cfg.params}: mix")
+    synth = cfg.synth_sources if config.ratio[0] > 0 else []
+    result = build_manifest(PoseStore(cfg.store), cfg.real_sources, synth, config)
+    paths = write_mix(result, cfg.out / "mix")
+    report = result.report
+    return {"manifest": str(paths["manifest"]), "rows": result.manifest.num_rows, "ratio": report["ratio"],
+            "effective_ratio": report["epoch"]["effective_ratio"]["text"], "warnings": report["warnings"]}
+
+
+def is_dvc_repo(repo: Path) -> tuple[bool, str]:
+    if not (repo / ".dvc").is_dir():
+        return False, f"{repo} has no .dvc folder (run `dvc init` there to make releases)"
+    proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=repo, capture_output=True, text=True)
+    if proc.returncode != 0 or proc.stdout.strip() != "true":
+        return False, f"{repo} is not a git working tree"
+    return True, ""
+
+
+def stage_release(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
+    """A DVC release only when asked (--release NAME) and possible; otherwise say why it was skipped."""
+    if not cfg.release:
+        return {"status": "skipped", "reason": "no release asked for (posepipe run --release NAME)"}
+    ok, why = is_dvc_repo(cfg.repo)
+    if not ok:
+        return {"status": "skipped", "reason": why}
+    from posepipe.flows import versioning
+
+    card = versioning.release(cfg.release, cfg.repo, log=log)
+    return {"status": "released", "name": cfg.release, "tag": versioning.TAG_PREFIX + cfg.release,
+            "card": str(cfg.repo / "releases" / f"{cfg.release}.json"), "commit": card.get("commit")}
+
+
+def stage_train(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
+    if cfg.train is None:
+        return {"status": "skipped", "reason": "no train section"}
+    metrics = train_flow.train_model(cfg.train, str(cfg.out / "mix"), str(cfg.out / "train"), str(cfg.store), log=log)
+    return {"metrics": metrics}
+
+
+def stage_export(cfg: PipelineConfig) -> dict:
+    if cfg.train is None or not cfg.train.export:
+        return {"status": "skipped", "reason": "no training, or train.export is false"}
+    return train_flow.export_int8(cfg.train, str(cfg.out / "mix"), str(cfg.out / "train"), str(cfg.out / "export"),
+                                  str(cfg.store))
+
+
+def stage_report(cfg: PipelineConfig, summary: Mapping[str, Any] | None = None) -> str:
+    from posepipe.flows.report import ReportInputs, write_report
+
+    inputs = ReportInputs(store=cfg.store, real_sources=cfg.real_sources, synth_sources=cfg.synth_sources,
+                          mix_dir=cfg.out / "mix", train_dir=cfg.out / "train", export_dir=cfg.out / "export",
+                          summary=summary)
+    return str(write_report(inputs, cfg.out / REPORT_NAME))
+
+
+STAGES = ("ingest", "synth", "mix", "release", "train", "export")
+
+
+def _detail(stage: str, result: Any) -> str:
+    if isinstance(result, dict) and result.get("status") == "skipped":
+        return "skipped: " + result["reason"]
+    if stage == "ingest":
+        return "; ".join(f"{r['source']}: {r['accepted']}/{r['read']} accepted"
+                         + (" (unchanged)" if r["unchanged"] else "") for r in result)
+    if stage == "synth":
+        return f"{result.get('images', '?')} images in {result.get('source', '?')}"
+    if stage == "mix":
+        return f"{result['rows']} rows, ratio {result['ratio']} (epoch drew {result['effective_ratio']})"
+    if stage == "release":
+        return f"tagged {result['tag']}"
+    if stage == "train":
+        m = result["metrics"]
+        return f"AP {m.get('AP', 0):.4f}, PCK {m.get('PCK', 0):.3f}"
+    if stage == "export":
+        return f"AP FP32 {result['ap_fp32']:.4f} / INT8 {result['ap_int8']:.4f}; size x{result['size_ratio']:.2f}"
+    return ""
+
+
+def _status(result: Any) -> str:
+    return "skipped" if isinstance(result, dict) and result.get("status") == "skipped" else "done"
+
+
+class Timeline:
+    """Stage results and wall times, in order; listeners hear each stage start and end (the CLI's bar)."""
+
+    listeners: list[Callable[[str, str], None]] = []
+
+    def __init__(self) -> None:
+        self.stages: list[dict] = []
+        self.results: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def run(self, stage: str, fn: Callable[[], Any]) -> Any:
+        for listener in self.listeners:
+            listener(stage, "start")
+        t = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t
+        self.results[stage] = result
+        self.stages.append({"stage": stage, "status": _status(result), "seconds": round(seconds, 2),
+                            "detail": _detail(stage, result)})
+        for listener in self.listeners:
+            listener(stage, "end")
+        return result
+
+    def summary(self, cfg: PipelineConfig) -> dict:
+        return {"stages": self.stages, "seconds": round(time.perf_counter() - self.started, 2),
+                "store": str(cfg.store), "out": str(cfg.out), "real_sources": cfg.real_sources,
+                "synthetic_sources": cfg.synth_sources, "results": _jsonable(self.results)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_direct(cfg: PipelineConfig) -> dict:
+    """Every stage called directly, in order (no Prefect): the benchmark's baseline."""
+    cfg.check()
+    line = Timeline()
+    line.run("ingest", lambda: stage_ingest(cfg))
+    line.run("synth", lambda: stage_synth(cfg))
+    line.run("mix", lambda: stage_mix(cfg))
+    line.run("release", lambda: stage_release(cfg))
+    line.run("train", lambda: stage_train(cfg))
+    line.run("export", lambda: stage_export(cfg))
+    summary = line.summary(cfg)
+    summary["report"] = stage_report(cfg, summary)
+    return summary
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    lines = ["# posepipe pipeline", "", f"Store `{summary['store']}`, outputs in `{summary['out']}`; "
+             f"{summary['seconds']:.1f} s in all.", "", "| stage | status | seconds | detail |",
+             "| --- | --- | ---: | --- |"]
+    lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.2f} | {s['detail']} |" for s in summary["stages"]]
+    if summary.get("report"):
+        lines += ["", f"Report: `{summary['report']}`"]
+    return "\n".join(lines) + "\n"
+
+
+# ----- the flow ---------------------------------------------------------------------------
+mix_task = task(stage_mix, name="mix", cache_policy=NO_CACHE)
+release_task = task(stage_release, name="release", cache_policy=NO_CACHE)
+report_task = task(stage_report, name="report", cache_policy=NO_CACHE)
+
+
+@flow(name="pipeline")
+def pipeline(params: str = "params.yaml", store: str | None = None, out: str | None = None,
+             release: str | None = None, synth_images: int | None = None, train_steps: int | None = None,
+             dask: bool = False, dask_address: str | None = None) -> dict:
+    """The main job; returns the summary (stages, seconds, report path) and publishes it as an artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    cfg = PipelineConfig.load(params, store=store, out=out, release=release, synth_images=synth_images,
+                              train_steps=train_steps)
+    cfg.check()
+    line = Timeline()
+    line.run("ingest", lambda: ingest_flow.ingest(store=str(cfg.store), params=None,
+                                                  coco=ingest_flow.spec_dicts(cfg.coco),
+                                                  labelme=ingest_flow.spec_dicts(cfg.labelme)))
+    if cfg.synth is not None:
+        runner = synth_flow.synth_with_runner(dask, dask_address or cfg.synth.dask_address, cfg.synth.slices)
+        line.run("synth", lambda: runner(store=str(cfg.store), spec=asdict(cfg.synth)))
+    else:
+        line.run("synth", lambda: stage_synth(cfg))
+    line.run("mix", lambda: mix_task(cfg))
+    line.run("release", lambda: release_task(cfg))
+    if cfg.train is not None:
+        trained = train_flow.train(manifest=str(cfg.out / "mix"), out=str(cfg.out), store=str(cfg.store),
+                                   spec=asdict(cfg.train), export=False)
+        if not isinstance(trained, dict):  # the train flow was cancelled: its Cancelled state
+            return trained
+        line.results["train"] = {"metrics": trained["metrics"]}
+        line.stages.append({"stage": "train", "status": "done", "seconds": trained["seconds"],
+                            "detail": _detail("train", line.results["train"])})
+        line.run("export", lambda: train_flow.export_task(cfg.train, str(cfg.out / "mix"), str(cfg.out / "train"),
+                                                          str(cfg.out / "export"), str(cfg.store)))
+    else:
+        line.run("train", lambda: stage_train(cfg))
+        line.run("export", lambda: stage_export(cfg))
+    summary = line.summary(cfg)
+    summary["report"] = report_task(cfg, summary)
+    create_markdown_artifact(summary_markdown(summary), key=SUMMARY_ARTIFACT_KEY, description="posepipe run")
+    return summary

@@ -1,0 +1,145 @@
+"""The ``synth`` flow: synthetic renders fanned out as mapped tasks over seed slices.
+
+A run of N images with base seed S is cut into ``slices`` slices; slice k renders its share of
+the images with run seed S + k through ``posepipe.synth.run.synth_run`` with one worker, i.e.
+one Blender process per task (bpy is process-global and not thread-safe). Every image is its
+own input file of source ``synth/<run>`` (keyed by its unit seed), so slices never overwrite
+each other, a retried slice re-renders only what is missing, and a re-run adds nothing. The
+images depend on (S, N, slices) only: same settings, same bytes.
+
+Task runners: Prefect's thread pool by default (each task waits on its own Blender process);
+``DaskTaskRunner`` with ``dask_address`` (an existing scheduler: the same flow on a cluster of
+many machines, unchanged) or a temporary local cluster for ``--dask``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from posepipe.datasets.errors import PosepipeError
+from posepipe.flows import prefect_env
+
+prefect_env.configure()
+
+from prefect import flow, task, unmapped  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+ARTIFACT_KEY = "synth-summary"
+
+
+@dataclass
+class SynthSpec:
+    """params.yaml ``pipeline.synth``."""
+
+    run: str = "demo"
+    images: int = 8
+    seed: int = 0
+    slices: int = 2  # mapped tasks; slice k renders with run seed seed + k
+    workers: int = 2  # tasks at once (thread-pool runner) or local Dask workers (--dask)
+    width: int = 192
+    height: int = 256
+    engine: str = "cycles"  # or workbench (fast, flat shading)
+    samples: int = 8  # render samples per pixel
+    dask_address: str | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, where: str = "pipeline.synth") -> "SynthSpec":
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise PosepipeError(f"{where}: {unknown[0]!r} is not a setting (known: "
+                                f"{', '.join(sorted(cls.__dataclass_fields__))})")
+        spec = cls(**values)
+        if spec.images < 0 or spec.slices < 1 or spec.workers < 1:
+            raise PosepipeError(f"{where}: images must be >= 0, slices and workers >= 1")
+        return spec
+
+    @property
+    def source(self) -> str:
+        return f"synth/{self.run}"
+
+
+def seed_slices(spec: SynthSpec) -> list[tuple[int, int]]:
+    """(run seed, image count) per slice: seeds seed, seed+1, ...; counts as even as possible."""
+    n = max(1, min(spec.slices, spec.images))
+    base, extra = divmod(spec.images, n)
+    return [(spec.seed + k, base + (k < extra)) for k in range(n) if base + (k < extra)]
+
+
+def render_slice(store: str, spec_dict: dict, run_seed: int, count: int) -> dict:
+    """One slice: ``count`` images with ``run_seed``, rendered by one Blender worker process."""
+    from posepipe.datasets.store import PoseStore
+    from posepipe.synth.run import SynthOptions, synth_run
+
+    spec = SynthSpec(**spec_dict)
+    opts = SynthOptions(count=count, seed=run_seed, width=spec.width, height=spec.height, engine=spec.engine,
+                        samples=spec.samples, workers=1, threads=1, source=spec.source)
+    result = synth_run(PoseStore(store), opts)
+    if result.failed:
+        index, reason = next(iter(result.failed.items()))
+        raise RuntimeError(f"slice seed {run_seed}: {len(result.failed)} of {count} renders failed "
+                           f"(image {index}: {reason})")
+    return {"run_seed": run_seed, "rendered": result.rendered, "unchanged": result.unchanged,
+            "images": result.images, "instances": result.instances, "seconds": round(result.wall_seconds, 2),
+            "pid": os.getpid()}
+
+
+def combine(spec: SynthSpec, slices: list[dict]) -> dict:
+    return {"source": spec.source, "run": spec.run, "slices": len(slices),
+            "rendered": sum(s["rendered"] for s in slices), "unchanged": sum(s["unchanged"] for s in slices),
+            "images": sum(s["images"] for s in slices), "instances": sum(s["instances"] for s in slices),
+            "seconds_rendering": round(sum(s["seconds"] for s in slices), 2),
+            "processes": len({s["pid"] for s in slices})}
+
+
+def render_direct(store: str, spec: SynthSpec) -> dict:
+    """All slices one after another in this process, without Prefect (the benchmark's baseline)."""
+    return combine(spec, [render_slice(store, asdict(spec), a, n) for a, n in seed_slices(spec)])
+
+
+def summary_markdown(result: dict) -> str:
+    return ("# Synthetic renders\n\n| source | slices | rendered | unchanged | images | people | slice seconds (sum) |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+            f"| {result['source']} | {result['slices']} | {result['rendered']} | {result['unchanged']} | "
+            f"{result['images']} | {result['instances']} | {result['seconds_rendering']} |\n")
+
+
+slice_task = task(render_slice, name="render-slice", task_run_name="seed {run_seed} x{count}", retries=1,
+                  cache_policy=NO_CACHE)
+
+
+@flow(name="synth")
+def synth(store: str = "data/store", spec: dict | None = None) -> dict:
+    """Render spec.images synthetic images into synth/<run>, one mapped task per seed slice."""
+    from prefect.artifacts import create_markdown_artifact
+
+    synth_spec = SynthSpec.from_mapping(spec)
+    slices = seed_slices(synth_spec)
+    futures = slice_task.map(unmapped(store), unmapped(asdict(synth_spec)), [a for a, _ in slices],
+                             [n for _, n in slices])
+    result = combine(synth_spec, [f.result() for f in futures])
+    create_markdown_artifact(summary_markdown(result), key=ARTIFACT_KEY, description="posepipe synth")
+    return result
+
+
+def task_runner(dask: bool, address: str | None, workers: int):
+    """The runner for the slices: Dask (a scheduler address, or a temporary local cluster) or threads."""
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=address)
+    if dask:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def synth_with_runner(dask: bool = False, address: str | None = None, workers: int = 2):
+    """The synth flow bound to the chosen task runner."""
+    return synth.with_options(task_runner=task_runner(dask, address, workers))

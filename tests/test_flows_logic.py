@@ -1,0 +1,97 @@
+"""The orchestration's business logic, called directly (no Prefect engine runs here)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from posepipe.datasets import schema
+from posepipe.datasets.errors import PosepipeError
+from posepipe.flows import ingest_flow, report, synth_flow, train_flow
+from posepipe.flows.pipeline import PipelineConfig, is_dvc_repo, stage_release
+from tests.conftest import REPO
+
+
+def test_seed_slices_cover_every_image_once():
+    spec = synth_flow.SynthSpec(images=10, slices=4, seed=7)
+    slices = synth_flow.seed_slices(spec)
+    assert slices == [(7, 3), (8, 3), (9, 2), (10, 2)]
+    assert synth_flow.seed_slices(synth_flow.SynthSpec(images=1, slices=4, seed=0)) == [(0, 1)]
+    with pytest.raises(PosepipeError, match="'colour' is not a setting"):
+        synth_flow.SynthSpec.from_mapping({"colour": 1})
+
+
+def test_pipeline_config_reads_the_bundled_params():
+    cfg = PipelineConfig.load(REPO / "params.yaml", out="x/run")
+    assert [s.source for s in cfg.coco] == ["coco-train"] and cfg.labelme[0].quarantine_mode == "copy"
+    assert str(cfg.store) == "x/run/store" and cfg.synth.source == "synth/demo"
+    assert cfg.mix["ratio"] == "1:3" and cfg.mix["split_seed"] == 0  # pipeline.mix over mix:
+    assert cfg.train.nproc == 2 and cfg.real_sources == ["coco-train", "labelme-samples"]
+    real_only = PipelineConfig.load(REPO / "params.yaml", synth_images=0)
+    assert real_only.synth is None and real_only.mix["ratio"] == "0:1" and real_only.train.ratio == "0:1"
+
+
+def test_pipeline_config_errors_are_one_line(tmp_path):
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    doc["pipeline"]["ingest"]["coco"][0]["annotations"] = str(tmp_path / "missing.json")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PosepipeError, match=r"source coco-train: annotation file .*missing.json not found"):
+        PipelineConfig.load(params).check()
+    doc["pipeline"]["trian"] = {}
+    params.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PosepipeError, match="pipeline.trian is not a pipeline setting"):
+        PipelineConfig.load(params)
+    with pytest.raises(PosepipeError, match="give exactly one of epochs and max_steps"):
+        train_flow.TrainSpec.from_mapping({"epochs": 2, "max_steps": 3})
+
+
+def test_release_is_skipped_with_the_reason(tmp_path):
+    cfg = PipelineConfig.load(REPO / "params.yaml", out=tmp_path)
+    assert stage_release(cfg) == {"status": "skipped",
+                                  "reason": "no release asked for (posepipe run --release NAME)"}
+    cfg.release, cfg.repo = "r1", tmp_path
+    ok, why = is_dvc_repo(tmp_path)
+    assert not ok and stage_release(cfg) == {"status": "skipped", "reason": why} and ".dvc" in why
+
+
+def test_labelme_batch_counts_and_markdown_name_every_reason(shared_data, tmp_path):
+    folder = tmp_path / "drop"
+    shutil.copytree(shared_data / "labelme-samples", folder)
+    spec = ingest_flow.LabelmeSpec(source="labelme/drop", folder=str(folder), quarantine=str(tmp_path / "q"),
+                                   quarantine_mode="copy")
+    first = ingest_flow.ingest_labelme_batch(str(tmp_path / "store"), spec)
+    assert first["read"] == first["accepted"] + first["rejected"] and first["accepted"] == 1
+    assert first["reasons"] == {"no_keypoints": first["rejected"]} and first["rejected"] >= 1
+    text = ingest_flow.summary_markdown([first])
+    assert "`no_keypoints`" in text and schema.REASONS["no_keypoints"] in text
+    assert all(f"`{f['file']}`" in text for f in first["rejected_files"])
+    again = ingest_flow.ingest_labelme_batch(str(tmp_path / "store"), spec)
+    assert again["unchanged"] and again["read"] == 0
+
+
+def test_skeleton_drawing_marks_occluded_joints_differently():
+    image = np.zeros((60, 60, 3), np.uint8)
+    kp = np.zeros((17, 3), np.float32)
+    kp[0] = (15, 15, 2)  # nose visible
+    kp[5] = (45, 45, 1)  # left shoulder occluded
+    drawn = report.draw_person(image, kp)
+    assert tuple(drawn[15, 15]) == report.VISIBLE_COLOUR  # filled centre
+    assert tuple(drawn[45, 45]) == (0, 0, 0)  # hollow ring: centre untouched
+    ring = drawn[40:51, 40:51].reshape(-1, 3)
+    assert (np.abs(ring.astype(int) - report.OCCLUDED_COLOUR).sum(axis=1) < 60).any()
+    assert not drawn[0:5].any()  # v=0 joints (at 0, 0) are not drawn
+
+
+def test_report_without_training_says_what_is_missing(coco_store, tmp_path):
+    inputs = report.ReportInputs(store=coco_store.root, real_sources=["coco-train", "coco-val"], synth_sources=[],
+                                 mix_dir=tmp_path / "none", gallery_per_kind=3)
+    page, numbers = report.render_html(inputs)
+    assert page.count('<img src="data:image/png;base64,') == 3
+    assert numbers["visibility"]["coco-train"]["people"] == 172
+    assert set(numbers["extreme_shares"]) == {"real"}
+    assert "no mix in this run" in page and "no training in this run" in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained

@@ -1,0 +1,163 @@
+"""The flows under Prefect (a session-wide prefect_test_harness): artifacts, Dask fan-out, cancellation,
+and the main job end to end with its report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from posepipe.datasets.store import PoseStore
+from posepipe.flows import ingest_flow, pipeline, synth_flow, train_flow
+from tests.conftest import REPO
+from tests.test_train_support import train_workspace  # noqa: F401  (session fixture)
+
+TINY_SYNTH = {"images": 4, "slices": 2, "workers": 2, "width": 64, "height": 96, "engine": "workbench",
+              "samples": 1}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def _artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key}"
+    return max(found, key=lambda a: a.created)
+
+
+def test_ingest_flow_is_incremental_and_publishes_counts(prefect_harness, shared_data, tmp_path):
+    mini = shared_data / "coco-mini"
+    drop = tmp_path / "drop"
+    shutil.copytree(shared_data / "labelme-samples", drop)
+    coco = [{"source": "coco-val", "annotations": str(mini / "annotations/person_keypoints_val2017.json"),
+             "images": str(mini / "val2017")}]
+    labelme = [{"source": "labelme/drop", "folder": str(drop), "quarantine_mode": "copy",
+                "quarantine": str(tmp_path / "q")}]
+    store = str(tmp_path / "store")
+    first = ingest_flow.ingest(store=store, params=None, coco=coco, labelme=labelme)
+    assert [r["unchanged"] for r in first] == [False, False]
+    assert first[0]["accepted"] == 118 and first[1]["accepted"] == 1 and first[1]["rejected"] >= 1
+    text = _artifact(ingest_flow.ARTIFACT_KEY).data
+    assert "| coco-val | coco (annotations) |" in text and "`no_keypoints`" in text
+
+    (drop / "x-anylabeling-pose" / "human-pose.json").rename(drop / "x-anylabeling-pose" / "second.json")
+    again = ingest_flow.ingest(store=store, params=None, coco=coco, labelme=labelme)
+    assert again[0]["unchanged"] and again[1]["read"] == 1  # only the new file name was read
+    assert PoseStore(store).instances(["coco-val"]).num_rows == 118
+
+
+def test_synth_flow_fans_out_over_a_local_dask_cluster_of_two_workers(prefect_harness, tmp_path):
+    store = str(tmp_path / "store")
+    flow = synth_flow.synth_with_runner(dask=True, workers=2)
+    result = flow(store=store, spec={**TINY_SYNTH, "run": "dask"})
+    assert result["slices"] == 2 and result["rendered"] == 4 and result["processes"] == 2  # one Blender each
+    assert PoseStore(store).images(["synth/dask"]).num_rows == 4
+    # Same seeds, same bytes: a re-run renders nothing new.
+    assert flow(store=store, spec={**TINY_SYNTH, "run": "dask"})["unchanged"] == 4
+
+
+def _torchrun_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in cmd and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_cancelled_train_flow_leaves_no_torchrun_process(prefect_harness, train_workspace, tmp_path):  # noqa: F811
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.states import Cancelling
+
+    _, manifest = train_workspace
+    out = tmp_path / "cancel"
+    spec = {"nproc": 2, "max_steps": 100000, "batch_size": 8, "workers": 1, "threads": 1, "retries": 2,
+            "export": False}
+    states = []
+    runner = threading.Thread(target=lambda: states.append(
+        train_flow.train(manifest=str(manifest), out=str(out), spec=spec, return_state=True)))
+    runner.start()
+    log = out / "train" / "train_log.jsonl"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (log.exists() and "step" in log.read_text()):
+        time.sleep(0.2)
+    pids = _torchrun_pids(str(out))
+    assert len(pids) >= 3, f"expected torchrun and 2 ranks running, found {pids}"  # launcher + ranks (+ workers)
+    with get_client(sync_client=True) as client:
+        running = [r for r in client.read_flow_runs() if r.state and r.state.is_running() and r.name
+                   and r.parameters.get("out") == str(out)]
+        assert len(running) == 1
+        client.set_flow_run_state(running[0].id, Cancelling(), force=True)  # what `prefect flow-run cancel` does
+        runner.join(timeout=60)
+        assert not runner.is_alive()
+        final = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[running[0].id])))[0]
+    assert states[0].is_cancelled() and final.state.is_cancelled()
+    assert _torchrun_pids(str(out)) == [], "a torchrun process survived the cancellation"
+    assert not any(train_flow.group_alive(pid) for pid in pids)
+
+
+@pytest.mark.slow
+def test_main_job_end_to_end_with_report_in_chromium(prefect_harness, tmp_path):
+    params = tmp_path / "params.yaml"
+    import yaml
+
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    section = doc["pipeline"]
+    for entry in section["ingest"]["coco"]:  # paths in params.yaml are relative to the repo
+        entry["annotations"], entry["images"] = str(REPO / entry["annotations"]), str(REPO / entry["images"])
+    section["ingest"]["labelme"][0].update(folder=str(REPO / section["ingest"]["labelme"][0]["folder"]),
+                                           quarantine=str(tmp_path / "quarantine"))
+    section["synth"].update(TINY_SYNTH, run="e2e", images=8)
+    section["train"].update(max_steps=4, batch_size=8, calibration=8, latency_runs=3, threads=1)
+    params.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+
+    summary = pipeline.pipeline(params=str(params), out=str(out))
+    stages = {s["stage"]: s for s in summary["stages"]}
+    assert list(stages) == list(pipeline.STAGES)
+    assert stages["release"]["status"] == "skipped" and "--release" in stages["release"]["detail"]
+    assert all(stages[s]["status"] == "done" for s in ("ingest", "synth", "mix", "train", "export"))
+    mix = json.loads((out / "mix" / "report.json").read_text())
+    assert mix["ratio"] == "1:3" and mix["synthetic_sources"] == ["synth/e2e"]
+    export = json.loads((out / "export" / "export_report.json").read_text())
+    assert export["size_int8"] < export["size_fp32"]
+    assert "# posepipe pipeline" in _artifact(pipeline.SUMMARY_ARTIFACT_KEY).data
+
+    page = Path(summary["report"]).read_text()
+    assert page.count("data:image/png;base64,") >= 4  # real and synthetic gallery
+    assert 'class="col synthetic"><h3>Synthetic (' in page and "FP32 vs INT8" in page
+    assert "Loss per step" in page and "head_below_hips" in page
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium): the screenshot was not taken")
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--window-size=1200,2400", f"--screenshot={shot}", Path(summary["report"]).as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1200, 2400)
+        colours = img.convert("RGB").resize((60, 120)).getcolors(maxcolors=100000)
+    assert len(colours) > 50, "the screenshot is blank"  # a rendered page with pictures and charts
