@@ -60,7 +60,7 @@ def is_occluded(flags: dict[str, Any] | None, difficult: Any, description: Any, 
     """
     if flags and flags.get(OCCLUDED_FLAG) is True:
         return True, None
-    if difficult is None and description is None and not suffix:
+    if difficult is None and not description and not suffix:  # the usual visible joint
         return False, None
     if difficult is True:
         return True, "occluded_from_difficult"

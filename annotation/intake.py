@@ -7,6 +7,10 @@ changed file replaces what it gave before; a file that disappeared is reported, 
 are kept unless ``prune`` is asked for. Rejected files go to a quarantine folder beside a
 readable ``*.errors.txt``, and their reject rows stay in the store until a fixed file replaces
 them.
+
+Files are examined (read, hashed, parsed, checked, image probed) in a pool of forked workers
+when there are enough of them to pay for it, one process otherwise; the main process settles
+each file in file order (duplicate images, shard writes, rows), so both give the same bytes.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import base64
 import binascii
 import hashlib
 import math
+import multiprocessing
 import os
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import orjson
@@ -32,11 +37,9 @@ from posepipe.datasets.coco import display_path
 from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.images import ImageProblem, probe
 from posepipe.datasets.progress import NoProgress, Progress
-from posepipe.datasets.report import IngestReport
 from posepipe.datasets.store import PoseStore, Transaction
 
 from . import convention, labelme_format
-from .labelme_format import LabelMeFile, Shape
 
 FORMAT = "labelme"
 QUARANTINE_DIRNAME = "_quarantine"
@@ -47,9 +50,12 @@ PERSON_BOX_SLACK = 1.0
 # Boxes from rectangles are rounded to 1e-6 px so a written x + w reads back as the same w.
 BOX_DECIMALS = 6
 _RAW_LIMIT = 2000
-_KEEP_BYTES = 256 << 20
-# Shape keys kept by nobody: display colours and labelme's segmentation mask slot.
-_DROPPED_KEYS = frozenset(("line_color", "fill_color", "mask"))
+# Shape keys that are not extras: the declared fields, and what nobody keeps (display colours,
+# labelme's segmentation mask slot).
+_NOT_EXTRA = labelme_format.SHAPE_FIELD_SET | frozenset(("line_color", "fill_color", "mask"))
+# Below this many files one process is as fast as starting a pool on 2 shared cores (docs/labelme.md).
+POOL_MIN_FILES = 2000
+_POOL_CHUNK = 64  # files per message to and from a worker
 
 
 class _Reject(Exception):
@@ -59,6 +65,9 @@ class _Reject(Exception):
                  shape_index: int | None = None, raw: Any = None):
         super().__init__(detail)
         self.reason, self.detail, self.field, self.shape_index, self.raw = reason, detail, field_name, shape_index, raw
+
+    def __reduce__(self):  # crosses from pool workers to the main process
+        return _Reject, (self.reason, self.detail, self.field, self.shape_index, self.raw)
 
 
 @dataclass
@@ -130,13 +139,41 @@ class IntakeReport:
         return text
 
 
-@dataclass
-class _Accepted:
+# Per person, in this order: the instances columns a file gives (keypoints and bbox go apart).
+_INSTANCE_COLUMNS = ("instance_id", "area", "iscrowd", "source_annotation_id", "notes", "attributes",
+                     "record_index", "num_keypoints", "image_id", "source", "skeleton", "source_file",
+                     "annotator", "batch_id")
+
+
+class _Accepted(NamedTuple):
     image_row: dict[str, Any]
-    columns: dict[str, list]
-    keypoints: np.ndarray  # (n, 17, 3)
-    boxes: np.ndarray  # (n, 4)
+    instances: list[tuple]  # per person, the _INSTANCE_COLUMNS values
+    keypoints: bytes  # float32 (n, 17, 3), packed so that the pool sends it cheaply
+    boxes: bytes  # float64 (n, 4)
     notes: list[str]
+
+
+@dataclass
+class _Context:
+    """What examining a file needs besides the file: fixed for a run, inherited by forked workers."""
+    root: Path
+    last_sha: dict[str, str]
+    source: str
+    annotator: str | None
+
+
+class _Examined(NamedTuple):
+    """What examining one file found, for the main process to settle in file order (a tuple:
+    pool workers send one per file, and tuples cross processes cheaply)."""
+    sha: str
+    unchanged: bool = False
+    batch_id: str = ""
+    problem: _Reject | None = None  # the first problem (after the image checks when ``image`` is set)
+    data: bytes | None = None  # the file's bytes when the worker rejected it (quarantine, raw row)
+    image: bytes | None = None  # set once the image passed its checks: to be claimed and stored
+    image_sha: str = ""
+    image_format: str = ""
+    accepted: _Accepted | None = None
 
 
 def ingest_labelme(
@@ -149,8 +186,12 @@ def ingest_labelme(
     quarantine_mode: str = "move",
     prune: bool = False,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> IntakeReport:
-    """Ingest every ``*.json`` under ``folder`` into ``source``; see the module docstring."""
+    """Ingest every ``*.json`` under ``folder`` into ``source``; see the module docstring.
+
+    ``workers``: processes examining files; None picks one per core from POOL_MIN_FILES files on.
+    """
     root = Path(folder)
     if not root.is_dir():
         raise PosepipeError(f"{root}: intake folder does not exist")
@@ -162,38 +203,53 @@ def ingest_labelme(
     folder_key = display_path(root)
     report = IntakeReport(source=source, folder=folder_key, annotator=annotator)
     paths = _json_files(root, quarantine_dir)
+    prefix = folder_key.rstrip("/") + "/"
+    cut = len(str(root)) + 1
+    rels = [str(path)[cut:].replace(os.sep, "/") for path in paths]
+    items = [(path, prefix + rel, rel) for path, rel in zip(paths, rels)]  # key = display_path(path)
     rejected: list[tuple[Path, bytes, FileOutcome]] = []
+    unchanged: list[FileOutcome] = []
     with store.transaction(source) as tx:
-        last_sha = tx.file_hashes()
-        changed = _changed_files(root, paths, last_sha, report)
-        gone = _missing(tx, folder_key, {c[1] for c in changed} | {f.file for f in report.files}, report, prune)
-        # Images stay claimed only by files this run leaves alone; the others claim theirs anew.
-        released = {c[1] for c in changed} | set(gone)
-        owners = {img: f for img, f in tx.image_owners().items() if f not in released}
+        context = _Context(root, tx.file_hashes(), source, annotator)
+        gone = _missing(tx, folder_key, {key for _, key, _ in items}, report, prune)
+        claims = _Claims(tx.image_owners(), gone, {key: path for path, key, _ in items}, context.last_sha)
         staged: dict[str, list] = {"images": [], "batches": [], "rejects": []}
         accepted: list[_Accepted] = []
-        for path, key, rel, sha, data, read_error in progress.track(changed, len(changed), "labelme files"):
-            if data is None and read_error is None:
-                data, read_error = _read(path)
-                sha = hashlib.sha256(data).hexdigest()
-            report.files_read += 1
-            batch_id = schema.short_hash(source, key, sha, length=12)
-            rejects = records.Rejects(source, key, batch_id)
-            file_report = IngestReport(source=source, file=key, format=FORMAT, batch_id=batch_id)
-            try:
-                if read_error:
-                    raise _Reject("file_unreadable", read_error)
-                result = _read_file(tx, root, path, rel, key, data, source, batch_id, annotator, owners)
-            except _Reject as problem:
-                outcome = _record_reject(report, rejects, file_report, key, rel, problem, data)
-                rejected.append((path, data, outcome))
-            else:
+        changed: list[str] = []
+        params = records.to_json({"annotator": annotator, "quarantine_mode": quarantine_mode})
+        examined = _examine_all(context, items, _worker_count(workers, len(items)))
+        try:
+            for (path, key, rel), ex in zip(items, progress.track(examined, len(items), "labelme files")):
+                if ex.unchanged:
+                    claims.changed[key] = False
+                    report.files_unchanged += 1
+                    unchanged.append(FileOutcome(key, rel, "unchanged"))
+                    continue
+                claims.changed[key] = True
+                changed.append(key)
+                report.files_read += 1
+                problem, data = ex.problem, ex.data
+                if ex.image is not None:
+                    owner = claims.owner(schema.image_id_from_sha256(ex.image_sha), key)
+                    if owner is not None:
+                        problem = _Reject("duplicate_image", f"the same image is already annotated by {owner} in "
+                                          f"source {source}", "imagePath")
+                        if data is None:
+                            data = _read(path)[0]
+                    else:
+                        tx.put_image(ex.image, ex.image_sha, ex.image_format)
+                if problem is not None:
+                    rejects = records.Rejects(source, key, ex.batch_id)
+                    outcome = _record_reject(report, rejects, key, rel, problem, data)
+                    rejected.append((path, data, outcome))
+                    staged["rejects"].extend(rejects.rows)
+                    staged["batches"].append(_batch_row(source, key, ex.batch_id, ex.sha, None, params))
+                    continue
+                result = ex.accepted
                 accepted.append(result)
                 staged["images"].append(result.image_row)
-                owners[result.image_row["image_id"]] = key
-                n = len(result.keypoints)
-                file_report.images_read = file_report.images_accepted = 1
-                file_report.annotations_read = file_report.annotations_accepted = n
+                claims.run[result.image_row["image_id"]] = key
+                n = len(result.instances)
                 report.files_accepted += 1
                 report.images_accepted += 1
                 report.instances_accepted += n
@@ -202,9 +258,11 @@ def ingest_labelme(
                 for note in result.notes:
                     report.notes[note] += 1
                 report.files.append(FileOutcome(key, rel, "accepted", instances=n, image_from=image_from))
-            staged["rejects"].extend(rejects.rows)
-            staged["batches"].append(_batch_row(file_report, sha, annotator, quarantine_mode))
-        keys = [c[1] for c in changed] + gone
+                staged["batches"].append(_batch_row(source, key, ex.batch_id, ex.sha, n, params))
+        finally:
+            examined.close()  # stops the pool at once if settling failed
+        report.files[:0] = unchanged  # unchanged files are listed first
+        keys = changed + gone
         if keys:
             tx.replace_files(keys, _tables(staged, accepted))
     report.check_balance()
@@ -220,154 +278,235 @@ def _read(path: Path) -> tuple[bytes, str | None]:
         return b"", f"cannot read the file ({exc.strerror or exc})"
 
 
-def _changed_files(root: Path, paths: list[Path], last_sha: dict[str, str], report: IntakeReport) -> list[tuple]:
-    """(path, key, rel, sha, bytes or None, read error) of every file not ingested as it is now.
+class _Claims:
+    """Which file already annotates an image, as the store had it before this run plus this run.
 
-    Bytes are kept up to a memory budget; past it a file is read again when its turn comes.
+    A stored claim lapses when its file is pruned or changed (it claims its image anew when its
+    turn comes). Whether a file further down the list changed is learnt by hashing it early.
     """
-    changed = []
-    budget = _KEEP_BYTES
-    prefix = display_path(root).rstrip("/") + "/"
-    start = len(str(root)) + 1
-    for path in paths:
-        rel = str(path)[start:].replace(os.sep, "/")
-        key = prefix + rel  # display_path(path), without pathlib work per file
-        data, error = _read(path)
-        sha = hashlib.sha256(data).hexdigest()
-        if error is None and last_sha.get(key) == sha:
-            report.files_unchanged += 1
-            report.files.append(FileOutcome(key, rel, "unchanged"))
-            continue
-        budget -= len(data)
-        changed.append((path, key, rel, sha, data if budget > 0 or error else None, error))
-    return changed
+
+    def __init__(self, stored: dict[str, str], gone: list[str], listed: dict[str, Path], last_sha: dict[str, str]):
+        self.stored, self.gone, self.listed, self.last_sha = stored, set(gone), listed, last_sha
+        self.run: dict[str, str] = {}  # image_id -> file accepted in this run
+        self.changed: dict[str, bool] = {}  # files settled so far -> whether they changed
+
+    def owner(self, image_id: str, key: str) -> str | None:
+        """The other file that holds this image, or None."""
+        owner = self.run.get(image_id)
+        if owner is not None:
+            return owner
+        owner = self.stored.get(image_id)
+        if owner is None or owner == key or owner in self.gone:
+            return None
+        if owner in self.listed:
+            changed = self.changed.get(owner)
+            if changed is None:
+                data, error = _read(self.listed[owner])
+                changed = error is not None or self.last_sha.get(owner) != hashlib.sha256(data).hexdigest()
+            if changed:
+                return None
+        return owner
+
+
+def _worker_count(workers: int | None, n_files: int) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if n_files < POOL_MIN_FILES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return min(len(os.sched_getaffinity(0)), 8)
+
+
+def _examine_all(context: _Context, items: list[tuple[Path, str, str]], workers: int) -> Iterator[_Examined]:
+    """_examine over every file, in file order: in this process, or in a pool of forked workers."""
+    if workers <= 1:
+        for item in items:
+            yield _examine(context, *item)
+        return
+    # fork: the workers inherit the context and the file list, so only (start, stop) ranges go
+    # out and results come back, a chunk per message. They write nothing.
+    chunks = [(start, min(start + _POOL_CHUNK, len(items))) for start in range(0, len(items), _POOL_CHUNK)]
+    with multiprocessing.get_context("fork").Pool(workers, _set_worker_state, (context, items)) as pool:
+        for results in pool.imap(_examine_chunk, chunks):
+            yield from results
+
+
+_worker_state: tuple[_Context, list[tuple[Path, str, str]]] | None = None
+
+
+def _set_worker_state(context: _Context, items: list[tuple[Path, str, str]]) -> None:
+    global _worker_state
+    _worker_state = context, items
+
+
+def _examine_chunk(bounds: tuple[int, int]) -> list[_Examined]:
+    context, items = _worker_state
+    return [_examine(context, *items[i]) for i in range(*bounds)]
 
 
 def _json_files(root: Path, quarantine_dir: Path) -> list[Path]:
-    """Every ``*.json`` under root, sorted; hidden folders and the quarantine are not intake."""
+    """Every ``*.json`` under root, sorted as paths sort; hidden folders and the quarantine are not intake."""
     found = []
+    quarantine = str(quarantine_dir)
     for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d) != quarantine_dir)
-        found.extend(here / f for f in filenames if f.lower().endswith(".json") and not f.startswith("."))
-    return sorted(found)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.join(dirpath, d) != quarantine)
+        found.extend(os.path.join(dirpath, f) for f in filenames
+                     if f.lower().endswith(".json") and not f.startswith("."))
+    found.sort(key=lambda p: p.split(os.sep))  # Path order: part by part (not "a-b" before "a/b")
+    return [Path(p) for p in found]
 
 
-# ----- one file -----------------------------------------------------------------------------
-def _read_file(tx: Transaction, root: Path, path: Path, rel: str, key: str, data: bytes, source: str,
-               batch_id: str, annotator: str | None, owners: dict[str, str]) -> _Accepted:
+# ----- one file ---------------------------------------------------------------------------
+def _examine(context: _Context, path: Path, key: str, rel: str) -> _Examined:
+    """Read, hash and (when it changed) check one file; no store access, so it runs in workers."""
+    data, error = _read(path)
+    sha = hashlib.sha256(data).hexdigest()
+    if error is None and context.last_sha.get(key) == sha:
+        return _Examined(sha, unchanged=True)
+    batch_id = schema.short_hash(context.source, key, sha, length=12)
+    try:
+        if error:
+            raise _Reject("file_unreadable", error)
+        doc, persons, notes, image, image_from, file_name, info = _check_file(context.root, path, rel, data)
+    except _Reject as problem:
+        return _Examined(sha, batch_id=batch_id, problem=problem, data=data)
+    # The main process claims the image (duplicate check) and stores it before the person checks
+    # below can still reject the file, as it always did.
+    try:
+        accepted = _accept(context, key, rel, batch_id, doc, persons, notes, image_from, file_name, info)
+    except _Reject as problem:
+        return _Examined(sha, batch_id=batch_id, problem=problem, data=data, image=image, image_sha=info.sha256,
+                         image_format=info.format)
+    return _Examined(sha, batch_id=batch_id, image=image, image_sha=info.sha256, image_format=info.format,
+                     accepted=accepted)
+
+
+def _check_file(root: Path, path: Path, rel: str, data: bytes) -> tuple:
+    """Parse, group the people and get and probe the image: everything up to storing the image."""
     if os.path.islink(path) and not path.resolve().is_relative_to(root):
         raise _Reject("path_escapes", f"the json file is a link to {path.resolve()}, outside the intake folder")
     try:
-        doc = labelme_format.parse(data)
+        doc = labelme_format.load(data)
     except ValidationError as exc:
         reason, fld, index, detail = labelme_format.describe_error(exc, data)
         raise _Reject(reason, detail, fld, index) from None
     notes: list[str] = []
-    persons = _persons(doc, notes)
-    image_bytes, image_from, file_name = _image_bytes(doc, root, path, rel)
+    persons = _persons(doc["shapes"], notes)
+    image, image_from, file_name = _image_bytes(doc, root, path, rel)
     try:
-        info = probe(image_bytes)
+        info = probe(image)
     except ImageProblem as problem:
-        where = "imageData" if image_from == "imageData" else f"imagePath '{doc.imagePath}'"
+        where = "imageData" if image_from == "imageData" else f"imagePath '{doc.get('imagePath')}'"
         raise _Reject(problem.reason, f"{where}: {problem.message}",
                       "imageData" if image_from == "imageData" else "imagePath") from None
-    for name, declared, real in (("imageWidth", doc.imageWidth, info.width), ("imageHeight", doc.imageHeight, info.height)):
+    for name, real in (("imageWidth", info.width), ("imageHeight", info.height)):
+        declared = doc.get(name)
         if declared is None:
             notes.append("image_size_from_image")
         elif declared != real:
             raise _Reject("size_mismatch", f"{name} is {declared} but the image is {info.width}x{info.height}", name)
     _check_inside_image(persons, info.width, info.height)
+    return doc, persons, notes, image, image_from, file_name, info
+
+
+def _accept(context: _Context, key: str, rel: str, batch_id: str, doc: dict, persons: list[_Person],
+            notes: list[str], image_from: str, file_name: str, info: Any) -> _Accepted:
+    """The file's image row and people, or the person check that fails."""
     image_id = schema.image_id_from_sha256(info.sha256)
-    owner = owners.get(image_id)
-    if owner is not None and owner != key:
-        raise _Reject("duplicate_image", f"the same image is already annotated by {owner} in source {source}",
-                      "imagePath")
-    tx.put_image(image_bytes, info.sha256, info.format)
-    provenance = {"labelme_version": doc.version, "imagePath": doc.imagePath, "image_from": image_from}
-    if doc.model_extra:
-        provenance["extra"] = {k: v for k, v in doc.model_extra.items() if k not in ("lineColor", "fillColor")}
+    provenance = {"labelme_version": doc.get("version"), "imagePath": doc.get("imagePath"), "image_from": image_from}
+    extra = {k: v for k, v in doc.items() if k not in labelme_format.FILE_FIELDS}
+    if extra:
+        provenance["extra"] = {k: v for k, v in extra.items() if k not in ("lineColor", "fillColor")}
     image_row = {
-        "image_id": image_id, "source": source, "source_image_id": None, "file_name": file_name,
+        "image_id": image_id, "source": context.source, "source_image_id": None, "file_name": file_name,
         "width": info.width, "height": info.height, "sha256": info.sha256, "format": info.format,
         "num_bytes": info.num_bytes, "license": None, "provenance": records.to_json(provenance), "split": None,
         "source_file": key, "record_index": 0, "batch_id": batch_id, "provenance_from": image_from,
     }
-    crowd_image = bool(doc.flags and doc.flags.get(convention.CROWD_FLAG) is True)
-    return _instances(persons, image_id, source, rel, key, batch_id, annotator, info.width, info.height,
-                      crowd_image, image_row, notes)
+    flags = doc.get("flags")
+    crowd_image = bool(flags and flags.get(convention.CROWD_FLAG) is True)
+    return _instances(persons, image_id, context.source, rel, key, batch_id, context.annotator,
+                      info.width, info.height, crowd_image, image_row, notes)
 
 
-def _label_where(index: int, shape: Shape) -> str:
-    return f"shape #{index} (label '{shape.label}', {shape.kind})"
+def _kind(shape: dict) -> str:
+    return shape.get("shape_type") or "polygon"  # early 3.x files have no shape_type: polygons
 
 
-def _persons(doc: LabelMeFile, notes: list[str]) -> list[_Person]:
+def _label_where(index: int, shape: dict) -> str:
+    return f"shape #{index} (label '{shape['label']}', {_kind(shape)})"
+
+
+def _persons(shapes: list[dict], notes: list[str]) -> list[_Person]:
     """Group the shapes into people following the convention, or raise the first problem."""
     groups: dict[int | None, _Person] = {}
-    parsed = [convention.parse_joint_label(s.label) for s in doc.shapes]
-    if doc.shapes and not any(j for j, _ in parsed) and not any(
-            s.group_id is not None and convention.is_person_label(s.label) for s in doc.shapes):
-        kinds = Counter(f"{s.kind} '{s.label}'" for s in doc.shapes)
+    parsed = [convention.parse_joint_label(s["label"]) for s in shapes]
+    if shapes and not any(j for j, _ in parsed) and not any(
+            s.get("group_id") is not None and convention.is_person_label(s["label"]) for s in shapes):
+        kinds = Counter(f"{_kind(s)} '{s['label']}'" for s in shapes)
         found = ", ".join(f"{n} x {k}" if n > 1 else k for k, n in kinds.most_common(6))
-        raise _Reject("no_keypoints", f"no keypoints: none of the {len(doc.shapes)} shapes is a joint point or a "
+        raise _Reject("no_keypoints", f"no keypoints: none of the {len(shapes)} shapes is a joint point or a "
                       f"person rectangle with a group_id (found {found}); label joints with their COCO names")
-    for i, shape in enumerate(doc.shapes):
+    isfinite = math.isfinite
+    for i, shape in enumerate(shapes):
         raw = shape
-        for k, pt in enumerate(shape.points):
+        points = shape["points"]
+        for k, pt in enumerate(points):
             if len(pt) != 2:
                 raise _Reject("bad_point_count", f"{_label_where(i, shape)}: point #{k} has {len(pt)} values, "
                               "expected [x, y]", f"shapes[{i}].points", i, raw)
-            if not (math.isfinite(pt[0]) and math.isfinite(pt[1])):
+            if not (isfinite(pt[0]) and isfinite(pt[1])):
                 raise _Reject("nonfinite_coordinate", f"{_label_where(i, shape)}: point #{k} is {pt}",
                               f"shapes[{i}].points", i, raw)
         joint, suffix = parsed[i]
-        is_person = joint is None and convention.is_person_label(shape.label)
+        is_person = joint is None and convention.is_person_label(shape["label"])
         if joint is None and not is_person:
-            hint = convention.suggest(shape.label)
-            detail = f"{_label_where(i, shape)}: unknown label '{shape.label}'"
+            hint = convention.suggest(shape["label"])
+            detail = f"{_label_where(i, shape)}: unknown label '{shape['label']}'"
             detail += f"; did you mean '{hint}'?" if hint else "; expected 'person' or a COCO joint name"
             raise _Reject("unknown_label", detail, f"shapes[{i}].label", i, raw)
-        person = groups.get(shape.group_id)
+        group_id = shape.get("group_id")
+        person = groups.get(group_id)
         if person is None:
-            person = groups[shape.group_id] = _Person(shape.group_id, i)
-        extra = shape.model_extra
-        if extra:
-            extra = {k: v for k, v in extra.items() if v not in (None, False, [], {}, "") and k not in _DROPPED_KEYS}
+            person = groups[group_id] = _Person(group_id, i)
+        extra = None
+        if shape.keys() - _NOT_EXTRA:  # keys the model does not declare, less the dropped ones
+            extra = {k: v for k, v in shape.items() if k not in _NOT_EXTRA and v not in (None, False, [], {}, "")}
+        kind = _kind(shape)
+        flags = shape.get("flags")
         if is_person:
-            if shape.kind != "rectangle":
+            if kind != "rectangle":
                 raise _Reject("wrong_shape_type", f"{_label_where(i, shape)}: a person box must be a rectangle",
                               f"shapes[{i}].shape_type", i, raw)
-            if len(shape.points) not in (2, 4):
+            if len(points) not in (2, 4):
                 raise _Reject("bad_point_count", f"{_label_where(i, shape)}: a rectangle needs 2 points "
-                              f"(or 4 corners), got {len(shape.points)}", f"shapes[{i}].points", i, raw)
+                              f"(or 4 corners), got {len(points)}", f"shapes[{i}].points", i, raw)
             if person.box is not None:
-                raise _Reject("ambiguous_person", f"{_label_where(i, shape)}: group_id {shape.group_id} already has "
+                raise _Reject("ambiguous_person", f"{_label_where(i, shape)}: group_id {group_id} already has "
                               f"a person rectangle (shape #{person.box_shape})", f"shapes[{i}].group_id", i, raw)
-            xs = [p[0] for p in shape.points]
-            ys = [p[1] for p in shape.points]
+            xs = [p[0] for p in points]
+            ys = [p[1] for p in points]
             x0, y0 = min(xs), min(ys)
             person.box = [x0, y0, round(max(xs) - x0, BOX_DECIMALS), round(max(ys) - y0, BOX_DECIMALS)]
             person.box_shape = i
-            person.crowd = bool(shape.flags and shape.flags.get(convention.CROWD_FLAG) is True)
+            person.crowd = bool(flags and flags.get(convention.CROWD_FLAG) is True)
             if extra:
                 person.extras["person"] = extra
             continue
-        if shape.kind != "point":
+        if kind != "point":
             raise _Reject("wrong_shape_type", f"{_label_where(i, shape)}: the joint '{joint}' must be a point shape",
                           f"shapes[{i}].shape_type", i, raw)
-        if len(shape.points) != 1:
+        if len(points) != 1:
             raise _Reject("bad_point_count", f"{_label_where(i, shape)}: a point needs 1 point, got "
-                          f"{len(shape.points)}", f"shapes[{i}].points", i, raw)
+                          f"{len(points)}", f"shapes[{i}].points", i, raw)
         j = convention.JOINT_INDEX[joint]
         if j in person.joints:
-            group = "without group_id" if shape.group_id is None else f"with group_id {shape.group_id}"
+            group = "without group_id" if group_id is None else f"with group_id {group_id}"
             raise _Reject("duplicate_joint", f"{_label_where(i, shape)}: '{joint}' appears twice in the person "
                           f"{group} (shapes #{person.joints[j][3]} and #{i})", f"shapes[{i}].label", i, raw)
-        occluded, how = convention.is_occluded(shape.flags, shape.difficult, shape.description, suffix)
+        occluded, how = convention.is_occluded(flags, shape.get("difficult"), shape.get("description"), suffix)
         if how:
             notes.append(how)
-        x, y = shape.points[0]
+        x, y = points[0]
         person.joints[j] = (x, y, schema.VISIBILITY_OCCLUDED if occluded else schema.VISIBILITY_VISIBLE, i)
         if extra:
             person.extras[joint] = extra
@@ -375,41 +514,42 @@ def _persons(doc: LabelMeFile, notes: list[str]) -> list[_Person]:
     if loose is not None:
         if len(groups) > 1:
             i = loose.first_shape
-            raise _Reject("ambiguous_person", f"{_label_where(i, doc.shapes[i])}: no group_id, and the image has "
+            raise _Reject("ambiguous_person", f"{_label_where(i, shapes[i])}: no group_id, and the image has "
                           f"{len(groups)} people (group_ids {sorted(groups)}); give every shape its person's group_id",
-                          f"shapes[{i}].group_id", i, doc.shapes[i])
+                          f"shapes[{i}].group_id", i, shapes[i])
         if len(groups) == 1:
-            _merge(next(iter(groups.values())), loose, doc)
+            _merge(next(iter(groups.values())), loose, shapes)
         else:
             groups[None] = loose
     return list(groups.values())
 
 
-def _merge(person: _Person, loose: _Person, doc: LabelMeFile) -> None:
+def _merge(person: _Person, loose: _Person, shapes: list[dict]) -> None:
     """Shapes without group_id in a one-person image belong to that person."""
     for j, value in loose.joints.items():
         if j in person.joints:
             i = value[3]
-            raise _Reject("duplicate_joint", f"{_label_where(i, doc.shapes[i])}: '{convention.JOINTS[j]}' appears "
+            raise _Reject("duplicate_joint", f"{_label_where(i, shapes[i])}: '{convention.JOINTS[j]}' appears "
                           f"twice in the image's only person (shapes #{person.joints[j][3]} and #{i})",
                           f"shapes[{i}].label", i)
         person.joints[j] = value
     if loose.box is not None:
         if person.box is not None:
             i = loose.box_shape
-            raise _Reject("ambiguous_person", f"{_label_where(i, doc.shapes[i])}: a second person rectangle "
+            raise _Reject("ambiguous_person", f"{_label_where(i, shapes[i])}: a second person rectangle "
                           f"without group_id", f"shapes[{i}].group_id", i)
         person.box, person.box_shape, person.crowd = loose.box, loose.box_shape, loose.crowd
     person.extras.update(loose.extras)
     person.first_shape = min(person.first_shape, loose.first_shape)
 
 
-def _image_bytes(doc: LabelMeFile, root: Path, path: Path, rel: str) -> tuple[bytes, str, str]:
+def _image_bytes(doc: dict, root: Path, path: Path, rel: str) -> tuple[bytes, str, str]:
     """(image bytes, where they came from, file_name for the store)."""
-    image_path = (doc.imagePath or "").replace("\\", "/")
+    declared_path = doc.get("imagePath")
+    image_path = (declared_path or "").replace("\\", "/")
     rel_dir = PurePosixPath(rel).parent
-    if doc.imageData:
-        text = doc.imageData
+    text = doc.get("imageData")
+    if text:
         if text.startswith("data:") and "," in text:
             text = text.split(",", 1)[1]
         try:
@@ -422,15 +562,15 @@ def _image_bytes(doc: LabelMeFile, root: Path, path: Path, rel: str) -> tuple[by
         raise _Reject("image_missing", "imageData is null and imagePath is empty: the file names no image", "imagePath")
     name = _confined_name(root, path, image_path)
     if name is None:
-        raise _Reject("path_escapes", f"imagePath '{doc.imagePath}' points outside the intake folder", "imagePath")
+        raise _Reject("path_escapes", f"imagePath '{declared_path}' points outside the intake folder", "imagePath")
     target = root / name
     try:
         return target.read_bytes(), "imagePath", name
     except FileNotFoundError:
-        raise _Reject("image_missing", f"imagePath '{doc.imagePath}': {name} does not exist in the intake folder",
+        raise _Reject("image_missing", f"imagePath '{declared_path}': {name} does not exist in the intake folder",
                       "imagePath") from None
     except OSError as exc:
-        raise _Reject("image_unreadable", f"imagePath '{doc.imagePath}': cannot read {name} "
+        raise _Reject("image_unreadable", f"imagePath '{declared_path}': cannot read {name} "
                       f"({exc.strerror or exc})", "imagePath") from None
 
 
@@ -468,18 +608,17 @@ def _fmt_box(box: list[float]) -> str:
 def _instances(persons: list[_Person], image_id: str, source: str, rel: str, key: str, batch_id: str,
                annotator: str | None, width: int, height: int, crowd_image: bool, image_row: dict,
                notes: list[str]) -> _Accepted:
-    n = len(persons)
-    kp = np.zeros((n, schema.NUM_JOINTS, 3), dtype=np.float32)
-    boxes = np.zeros((n, 4), dtype=np.float64)
-    cols: dict[str, list] = {k: [] for k in ("instance_id", "area", "iscrowd", "source_annotation_id",
-                                             "notes", "attributes", "record_index")}
-    for row, p in enumerate(sorted(persons, key=lambda q: q.first_shape)):
+    keypoints: list[float] = []
+    boxes: list[float] = []
+    rows: list[tuple] = []
+    for p in sorted(persons, key=lambda q: q.first_shape):
         person_notes = []
-        if p.joints:
-            joints = list(p.joints)
-            kp[row, joints] = [p.joints[j][:3] for j in joints]
+        flat = [0.0] * (schema.NUM_JOINTS * 3)
+        for j, (x, y, v, _) in p.joints.items():
+            flat[3 * j:3 * j + 3] = x, y, v
         if p.box is None:
-            box = records.bbox_from_keypoints(kp[row], width, height)
+            joints = np.array(flat, dtype=np.float32).reshape(schema.NUM_JOINTS, 3)
+            box = records.bbox_from_keypoints(joints, width, height)
             if box[2] <= 0 or box[3] <= 0:
                 i = p.first_shape
                 who = f"group_id {p.key}" if p.key is not None else "the person without group_id"
@@ -493,41 +632,39 @@ def _instances(persons: list[_Person], image_id: str, source: str, rel: str, key
             if w <= 0 or h <= 0:
                 raise _Reject("bbox_invalid", f"shape #{p.box_shape} (label 'person'): rectangle {_fmt_box(box)} "
                               "has no area", f"shapes[{p.box_shape}].points", p.box_shape)
+            lo_x, hi_x = x - w * PERSON_BOX_SLACK, x + w * (1 + PERSON_BOX_SLACK)
+            lo_y, hi_y = y - h * PERSON_BOX_SLACK, y + h * (1 + PERSON_BOX_SLACK)
             for j, (jx, jy, _, i) in p.joints.items():
-                if not (x - w * PERSON_BOX_SLACK <= jx <= x + w * (1 + PERSON_BOX_SLACK)
-                        and y - h * PERSON_BOX_SLACK <= jy <= y + h * (1 + PERSON_BOX_SLACK)):
-                    raise _Reject("implausible_person", f"shape #{i} (label '{convention.JOINTS[j]}'): ({jx:g}, {jy:g}) "
+                if not (lo_x <= jx <= hi_x and lo_y <= jy <= hi_y):
+                    raise _Reject("implausible_person", f"shape #{i} (label '{convention.JOINTS[j]}'): "
+                                  f"({jx:g}, {jy:g}) "
                                   f"is far outside its person rectangle {_fmt_box(box)} (group_id {p.key}); "
                                   "is the group_id right?", f"shapes[{i}].group_id", i)
-        boxes[row] = box
+        keypoints += flat
+        boxes += box
         person_notes.append("area_derived_from_bbox")
         notes.extend(person_notes)
         attrs: dict[str, Any] = {"group_id": p.key}
         if p.extras:
             attrs["shape_extras"] = p.extras
-        cols["instance_id"].append(schema.instance_id(source, f"labelme:{rel}:{p.key}"))
-        cols["area"].append(float(box[2] * box[3]))
-        cols["iscrowd"].append(p.crowd or crowd_image)
-        cols["source_annotation_id"].append(p.key)
-        cols["notes"].append(person_notes)
-        cols["attributes"].append(records.to_json(attrs))
-        cols["record_index"].append(p.first_shape)
-    cols.update(image_id=[image_id] * n, source=[source] * n, num_keypoints=[int(c) for c in (kp[..., 2] > 0).sum(axis=1)],
-                skeleton=["coco17"] * n, source_file=[key] * n, annotator=[annotator] * n, batch_id=[batch_id] * n)
-    return _Accepted(image_row, cols, kp, boxes, notes)
+        rows.append((schema.instance_id(source, f"labelme:{rel}:{p.key}"), float(box[2] * box[3]),
+                     p.crowd or crowd_image, p.key, person_notes, records.to_json(attrs), p.first_shape,
+                     len(p.joints),  # every joint held is labelled (v is 1 or 2)
+                     image_id, source, "coco17", key, annotator, batch_id))
+    return _Accepted(image_row, rows, np.array(keypoints, dtype=np.float32).tobytes(),
+                     np.array(boxes, dtype=np.float64).tobytes(), notes)
 
 
 # ----- rejects, batches, staging --------------------------------------------------------------
-def _record_reject(report: IntakeReport, rejects: records.Rejects, file_report: IngestReport, key: str, rel: str,
-                   problem: _Reject, data: bytes) -> FileOutcome:
+def _record_reject(report: IntakeReport, rejects: records.Rejects, key: str, rel: str, problem: _Reject,
+                   data: bytes) -> FileOutcome:
     message = f"{key}: {problem.detail}"
     raw = problem.raw
-    if isinstance(raw, Shape):
-        raw = raw.model_dump(exclude_none=True)
+    if isinstance(raw, dict):  # a shape
+        raw = labelme_format.shape_raw(raw)
     if raw is None:
         raw = _raw_file(data)
     rejects.add("file", rel, problem.shape_index, problem.field, problem.reason, message, raw)
-    file_report.files_rejected = 1
     report.files_rejected += 1
     report.reasons[problem.reason] += 1
     outcome = FileOutcome(key, rel, "rejected", reason=problem.reason, field=problem.field,
@@ -548,13 +685,14 @@ def _raw_file(data: bytes) -> str:
     return text if len(text) <= _RAW_LIMIT else text[:_RAW_LIMIT] + "..."
 
 
-def _batch_row(r: IngestReport, sha: str, annotator: str | None, quarantine_mode: str) -> dict[str, Any]:
+def _batch_row(source: str, key: str, batch_id: str, sha: str, people: int | None, params: str) -> dict[str, Any]:
+    """The file's batches row: one image and its people when accepted (people is not None)."""
+    images = 0 if people is None else 1
     return {
-        "batch_id": r.batch_id, "source": r.source, "source_file": r.file, "file_sha256": sha, "format": FORMAT,
-        "images_read": r.images_read, "images_accepted": r.images_accepted, "images_rejected": r.images_rejected,
-        "annotations_read": r.annotations_read, "annotations_accepted": r.annotations_accepted,
-        "annotations_rejected": r.annotations_rejected, "files_rejected": r.files_rejected,
-        "params": records.to_json({"annotator": annotator, "quarantine_mode": quarantine_mode}),
+        "batch_id": batch_id, "source": source, "source_file": key, "file_sha256": sha, "format": FORMAT,
+        "images_read": images, "images_accepted": images, "images_rejected": 0,
+        "annotations_read": people or 0, "annotations_accepted": people or 0, "annotations_rejected": 0,
+        "files_rejected": int(people is None), "params": params,
     }
 
 
@@ -562,9 +700,11 @@ def _tables(staged: dict[str, list], accepted: list[_Accepted]) -> dict[str, pa.
     for row in staged["images"]:
         row.pop("provenance_from", None)
     if accepted:
-        columns = {k: [v for a in accepted for v in a.columns[k]] for k in accepted[0].columns}
-        kp = np.concatenate([a.keypoints for a in accepted])
-        boxes = np.concatenate([a.boxes for a in accepted])
+        values = zip(*(row for a in accepted for row in a.instances))
+        columns: dict[str, list] = {name: [] for name in _INSTANCE_COLUMNS}  # files without people give none
+        columns.update((name, list(column)) for name, column in zip(_INSTANCE_COLUMNS, values))
+        kp = np.frombuffer(b"".join(a.keypoints for a in accepted), dtype=np.float32).reshape(-1, schema.NUM_JOINTS, 3)
+        boxes = np.frombuffer(b"".join(a.boxes for a in accepted), dtype=np.float64).reshape(-1, 4)
         instances = records.instances_table(columns, kp, boxes)
     else:
         instances = schema.empty_table("instances")

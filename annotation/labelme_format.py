@@ -10,14 +10,18 @@ One model covers them all, because the versions differ by optional keys only:
 * X-AnyLabeling: extra keys (``score``, ``difficult``, ``visible``, ``kie_linking``, ...) and
   rectangles stored as 4 corner points.
 
-Unknown keys are kept (``extra="allow"``), never an error. Parsing and validation happen in one
-pass over the bytes (``model_validate_json``), so a bad file costs no more than a good one.
+Unknown keys are kept (``extra="allow"``), never an error. Intake reads files with :func:`load`:
+plain dicts, with the values the model gives. Most files hold exactly the JSON types the model
+declares, and for them orjson plus type checks is several times cheaper than pydantic; every
+other file (coercions such as ``"1"`` for an int, NaN literals, broken json) goes through
+pydantic, which gives the same values or the error message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 # The version posepipe writes: the oldest labelme the ``annotate`` extra accepts.
@@ -25,6 +29,20 @@ WRITE_VERSION = "5.5.0"
 # Keys labelme's own LabelFile reads; anything else in a file is an extra.
 FILE_KEYS = ("version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth")
 SHAPE_KEYS = ("label", "points", "group_id", "shape_type", "flags", "description", "mask")
+# The fields the models below declare; any other key of a file or shape is an extra.
+FILE_FIELDS = frozenset(FILE_KEYS)
+SHAPE_FIELDS = ("label", "points", "group_id", "shape_type", "flags", "description", "difficult")
+SHAPE_FIELD_SET = frozenset(SHAPE_FIELDS)
+# pydantic's json parser stops at about 200 levels of nesting, orjson at 1024: free-form values
+# nested deeper than this go to pydantic, which decides.
+_PLAIN_DEPTH = 64
+_OPT_STR = frozenset((str, type(None)))
+_OPT_INT = frozenset((int, type(None)))  # bool is not int here: pydantic decides
+_OPT_BOOL = frozenset((bool, type(None)))
+_OPT_DICT = frozenset((dict, type(None)))
+_CONTAINERS = frozenset((dict, list))
+_TYPED_FILE_FIELDS = FILE_FIELDS - {"flags"}
+_TYPED_SHAPE_FIELDS = SHAPE_FIELD_SET - {"flags"}
 
 
 class Shape(BaseModel):
@@ -58,6 +76,84 @@ class LabelMeFile(BaseModel):
 def parse(data: bytes) -> LabelMeFile:
     """Parse and validate a LabelMe file; raises pydantic's ValidationError."""
     return LabelMeFile.model_validate_json(data)
+
+
+def load(data: bytes) -> dict[str, Any]:
+    """The file as plain dicts, with exactly the values ``parse`` gives; raises ValidationError.
+
+    Shapes are dicts too; a missing optional field reads as None (``shape.get``), and the keys
+    outside FILE_FIELDS / SHAPE_FIELDS are the extras.
+    """
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        doc = None
+    if type(doc) is dict and _plain(doc):
+        return doc
+    return to_plain(parse(data))
+
+
+def to_plain(model: LabelMeFile) -> dict[str, Any]:
+    """A validated model as the dicts ``load`` returns."""
+    doc: dict[str, Any] = {f: getattr(model, f) for f in FILE_KEYS}
+    doc["shapes"] = [{**{f: getattr(s, f) for f in SHAPE_FIELDS}, **(s.model_extra or {})} for s in model.shapes]
+    doc.update(model.model_extra or {})
+    return doc
+
+
+def shape_raw(shape: dict[str, Any]) -> dict[str, Any]:
+    """A shape as the reject row shows it: the model's dump without None values."""
+    return Shape.model_validate(shape).model_dump(exclude_none=True)
+
+
+def _plain(doc: dict) -> bool:
+    """Whether every value already has the type the model declares, so pydantic would change
+    nothing (int coordinates become floats here, as pydantic makes them)."""
+    get = doc.get
+    shapes = get("shapes")
+    if not (type(shapes) is list and type(get("version")) in _OPT_STR and type(get("imagePath")) in _OPT_STR
+            and type(get("imageData")) in _OPT_STR and type(get("imageHeight")) in _OPT_INT
+            and type(get("imageWidth")) in _OPT_INT and type(get("flags")) in _OPT_DICT):
+        return False
+    for k in doc.keys() - _TYPED_FILE_FIELDS:  # flags and the extras: any json, not too deep
+        if type(doc[k]) in _CONTAINERS and not _shallow(doc[k], 0):
+            return False
+    for shape in shapes:
+        if type(shape) is not dict:
+            return False
+        get = shape.get
+        points = get("points")
+        if not (type(get("label")) is str and type(points) is list and type(get("group_id")) in _OPT_INT
+                and type(get("shape_type")) in _OPT_STR and type(get("description")) in _OPT_STR
+                and type(get("flags")) in _OPT_DICT and type(get("difficult")) in _OPT_BOOL):
+            return False
+        ints = False
+        for point in points:
+            if type(point) is not list:
+                return False
+            if len(point) == 2 and type(point[0]) is float and type(point[1]) is float:
+                continue  # the usual point, checked without a loop
+            for c in point:
+                if type(c) is not float:
+                    if type(c) is not int:  # bool is not int here: pydantic decides
+                        return False
+                    ints = True
+        if ints:
+            shape["points"] = [[float(c) for c in point] for point in points]
+        for k in shape.keys() - _TYPED_SHAPE_FIELDS:  # flags and the extras
+            if type(shape[k]) in _CONTAINERS and not _shallow(shape[k], 0):
+                return False
+    return True
+
+
+def _shallow(value: Any, depth: int) -> bool:
+    """Whether a free-form value nests less than _PLAIN_DEPTH deep (scalars cost no call)."""
+    if depth >= _PLAIN_DEPTH:
+        return False
+    for v in value.values() if type(value) is dict else value:
+        if (type(v) is dict or type(v) is list) and not _shallow(v, depth + 1):
+            return False
+    return True
 
 
 def describe_error(exc: ValidationError, data: bytes) -> tuple[str, str | None, int | None, str]:
