@@ -465,6 +465,9 @@ def _persons(shapes: list[dict], notes: list[str]) -> list[_Person]:
             detail += f"; did you mean '{hint}'?" if hint else "; expected 'person' or a COCO joint name"
             raise _Reject("unknown_label", detail, f"shapes[{i}].label", i, raw)
         group_id = shape.get("group_id")
+        if group_id is not None and not -2**63 <= group_id < 2**63:  # stored as int64 ids
+            raise _Reject("bad_type", f"{_label_where(i, shape)}: group_id {group_id} does not fit in 64 bits",
+                          f"shapes[{i}].group_id", i, raw)
         person = groups.get(group_id)
         if person is None:
             person = groups[group_id] = _Person(group_id, i)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .image_headers import plain_header_size
 
 # PIL warns above ~89 Mpx and refuses above twice that; we decide ourselves, with a clear reason.
 MAX_PIXELS = 178_956_970
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _PIL_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 
 
@@ -73,7 +75,8 @@ def probe(data: bytes, *, full: bool = False, max_pixels: int = MAX_PIXELS) -> I
     except ImageProblem:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        text = str(exc)
+        # PIL names the in-memory stream with its address; drop it so messages are reproducible.
+        text = _OBJECT_REPR.sub("", str(exc)).strip()
         if "truncated" in text.lower():
             raise ImageProblem("image_truncated", f"image data is truncated ({text})") from None
         raise ImageProblem("not_an_image", f"not a decodable image ({text})") from None

@@ -146,6 +146,8 @@ def test_each_image_problem_has_its_reason(tmp_path, store, mini):
     }
     for rid, reason in expected.items():
         assert rejects[("image", str(rid))]["reason"] == reason, rejects[("image", str(rid))]["message"]
+    # Messages are reproducible: no memory addresses from the image library.
+    assert " at 0x" not in rejects[("image", str(ims[2]["id"]))]["message"]
     dup_rows = [r for r in store.rejects().to_pylist() if r["reason"] == "duplicate_image_id"]
     assert len(dup_rows) == 1
     assert report.images_accepted == 1

@@ -245,3 +245,21 @@ def test_cli_ingest_rejects_and_strict(tmp_path, shared_data):
     for args in (["ingest", "labelme"], ["annotate"], ["annotate", "config"], ["annotate", "export"]):
         assert "Usage" in subprocess.run([sys.executable, "-m", "posepipe.flows", *args, "--help"],
                                          capture_output=True, text=True, cwd=REPO).stdout
+
+
+def test_huge_group_id_is_handled_without_a_traceback(tmp_path, good):
+    """group_id beyond 64 bits (orjson's limit): the file is read and accounted for, no crash."""
+    doc, data = good
+    doc = copy.deepcopy(doc)
+    for shape in doc["shapes"]:
+        if shape["group_id"] == doc["shapes"][0]["group_id"]:
+            shape["group_id"] = 2**70
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "img.jpg").write_bytes(data)
+    (drop / "big.json").write_text(json.dumps(doc))
+    store = PoseStore(tmp_path / "store")
+    report = ingest_labelme(store, drop, "big", quarantine_mode="copy")
+    assert report.files_read == report.files_rejected == 1
+    (row,) = store.rejects().to_pylist()
+    assert row["reason"] == "bad_type" and "does not fit in 64 bits" in row["message"]
