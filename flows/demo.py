@@ -1,8 +1,8 @@
 """``make demo``: the main job (``posepipe run``) on the bundled defaults of params.yaml's pipeline: section.
 
 It ingests coco-mini train and the LabelMe samples from ../shared/data, renders a small
-synthetic batch, mixes 1:3, trains a few steps with 2 DDP processes, exports INT8, and prints
-the summary and the report path. Outputs go to out/demo (its own store inside).
+synthetic batch, mixes 1:3, makes DVC release "demo" of that data, trains a few steps with 2 DDP
+processes, exports INT8, and prints the summary and the report path. Outputs go to out/demo (its own store inside).
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ def main() -> int:
         OUT.mkdir(parents=True)
         params = OUT / "params.yaml"
         params.write_text(text)
-    cmd = [sys.executable, "-m", "posepipe.flows", "run", "--config", str(params), "--out", str(OUT)]
-    print(f"$ posepipe run --config {params.relative_to(REPO)} --out {OUT.relative_to(REPO)}", flush=True)
+    # The run folder becomes a git+DVC data repository holding release "demo" (tag dataset/demo).
+    cmd = [sys.executable, "-m", "posepipe.flows", "run", "--config", str(params), "--out", str(OUT),
+           "--release", "demo"]
+    print(f"$ posepipe run --config {params.relative_to(REPO)} --out {OUT.relative_to(REPO)} --release demo",
+          flush=True)
     started = time.perf_counter()
     code = subprocess.run(cmd, cwd=REPO).returncode
     if code:
         sys.stderr.write(f"posepipe demo: posepipe run failed with exit code {code}\n")
         return code
-    print(f"demo finished in {time.perf_counter() - started:.0f}s; open {OUT / 'report.html'}")
+    print(f"demo finished in {time.perf_counter() - started:.0f}s; open {OUT / 'report.html'}; "
+          f"the data is release 'demo': posepipe pull demo --repo {OUT.relative_to(REPO)} --to DIR")
     return 0
 
 

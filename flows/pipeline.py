@@ -10,7 +10,6 @@ subflows and tasks, with a summary artifact and run history.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,27 +130,22 @@ def stage_mix(cfg: PipelineConfig) -> dict:
             "effective_ratio": report["epoch"]["effective_ratio"]["text"], "warnings": report["warnings"]}
 
 
-def is_dvc_repo(repo: Path) -> tuple[bool, str]:
-    if not (repo / ".dvc").is_dir():
-        return False, f"{repo} has no .dvc folder (run `dvc init` there to make releases)"
-    proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=repo, capture_output=True, text=True)
-    if proc.returncode != 0 or proc.stdout.strip() != "true":
-        return False, f"{repo} is not a git working tree"
-    return True, ""
-
-
 def stage_release(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
-    """A DVC release only when asked (--release NAME) and possible; otherwise say why it was skipped."""
+    """A DVC release of this run's store and manifest, when asked (--release NAME).
+
+    The run folder becomes a git+DVC data repository with the tag ``dataset/NAME``; pull it with
+    ``posepipe pull NAME --repo OUT --to DIR``. (``posepipe release`` releases the repository's
+    own dvc.yaml pipeline instead.)
+    """
     if not cfg.release:
         return {"status": "skipped", "reason": "no release asked for (posepipe run --release NAME)"}
-    ok, why = is_dvc_repo(cfg.repo)
-    if not ok:
-        return {"status": "skipped", "reason": why}
     from posepipe.flows import versioning
 
-    card = versioning.release(cfg.release, cfg.repo, log=log)
+    params = {"pipeline": ingest_flow.read_params(cfg.params).get("pipeline"), "mix": cfg.mix}
+    card = versioning.release_run(cfg.release, cfg.out, cfg.store, cfg.out / "mix", params, log=log)
     return {"status": "released", "name": cfg.release, "tag": versioning.TAG_PREFIX + cfg.release,
-            "card": str(cfg.repo / "releases" / f"{cfg.release}.json"), "commit": card.get("commit")}
+            "repo": str(cfg.out), "card": str(cfg.out / "releases" / f"{cfg.release}.json"),
+            "commit": card.get("code_commit")}
 
 
 def stage_train(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:

@@ -99,8 +99,9 @@ def release(name: str, repo: Path = Path("."), *, targets: list[str] | None = No
         raise PosepipeError(f"working tree is dirty ({len(dirty.splitlines())} changes, e.g. {first}); "
                             "commit or stash first: no release made")
     try:
-        log(f"dvc repro {' '.join(targets or [])}".strip())
-        dvc(repo, "repro", *(targets or []), what="dvc repro (a pipeline stage)")
+        if (repo / "dvc.yaml").exists():  # a data repository made by `posepipe run` has no stages
+            log(f"dvc repro {' '.join(targets or [])}".strip())
+            dvc(repo, "repro", *(targets or []), what="dvc repro (a pipeline stage)")
         remote = ensure_remote(repo)
         log(f"dvc push -r {remote}")
         pushed = dvc(repo, "push", what=f"dvc push to remote {remote!r}").stdout.strip()
@@ -119,6 +120,40 @@ def release(name: str, repo: Path = Path("."), *, targets: list[str] | None = No
     git(repo, "tag", "-a", TAG_PREFIX + name, "-m", f"Dataset release {name}", what="tagging the release")
     log(f"tagged {TAG_PREFIX}{name}")
     return card
+
+
+def release_run(name: str, out: Path, store: Path, manifest: Path, params: dict, *, log=print) -> dict:
+    """Release what one ``posepipe run`` produced: ``out`` becomes a git+DVC data repository.
+
+    The run's store and manifest are tracked with ``dvc add`` (content-addressed shards, so a
+    later run re-pushes only new shards), the run's params are written beside them, and the
+    same :func:`release` tags ``dataset/NAME``; ``posepipe pull NAME --repo OUT`` gets it back.
+    """
+    check_name(name)
+    out = out.resolve()
+    rel = {}
+    for key, path in (("store", store), ("manifest", manifest)):
+        try:
+            rel[key] = path.resolve().relative_to(out).as_posix()
+        except ValueError:
+            raise PosepipeError(f"a run release needs its {key} inside {out} (it is {path})") from None
+    if not (out / ".git").exists():
+        git(out, "init", "-q", "-b", "main", what="creating the data repository")
+    if not git(out, "config", "user.email", check=False):
+        git(out, "config", "user.email", "posepipe@localhost")
+        git(out, "config", "user.name", "posepipe")
+    if not (out / ".dvc").exists():
+        dvc(out, "init", "-q", what="dvc init")
+        dvc(out, "config", "core.analytics", "false")
+    # Only the released data and its record are versioned; the rest of the run folder is not.
+    keep = ["/.gitignore", "/.dvcignore", "/.dvc/", "/params.yaml", "/*.dvc", "/releases/"]
+    write_text(out / ".gitignore", "/*\n" + "".join(f"!{k}\n" for k in keep))
+    write_text(out / "params.yaml", yaml.safe_dump({**params, "release": rel}, sort_keys=False))
+    dvc(out, "add", rel["store"], rel["manifest"], what="dvc add of the run's store and manifest")
+    git(out, "add", "-A", what="staging the run's data")
+    if git(out, "status", "--porcelain"):
+        git(out, "commit", "-q", "-m", f"posepipe run: data for release {name}", what="committing the run's data")
+    return release(name, out, log=log)
 
 
 def read_card(name: str, repo: str | Path = ".") -> dict:

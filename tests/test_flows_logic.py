@@ -11,7 +11,7 @@ import yaml
 from posepipe.datasets import schema
 from posepipe.datasets.errors import PosepipeError
 from posepipe.flows import ingest_flow, report, synth_flow, train_flow
-from posepipe.flows.pipeline import PipelineConfig, is_dvc_repo, stage_release
+from posepipe.flows.pipeline import PipelineConfig, stage_release
 from tests.conftest import REPO
 
 
@@ -53,9 +53,9 @@ def test_release_is_skipped_with_the_reason(tmp_path):
     cfg = PipelineConfig.load(REPO / "params.yaml", out=tmp_path)
     assert stage_release(cfg) == {"status": "skipped",
                                   "reason": "no release asked for (posepipe run --release NAME)"}
-    cfg.release, cfg.repo = "r1", tmp_path
-    ok, why = is_dvc_repo(tmp_path)
-    assert not ok and stage_release(cfg) == {"status": "skipped", "reason": why} and ".dvc" in why
+    cfg.release, cfg.store = "r1", tmp_path.parent / "elsewhere"
+    with pytest.raises(PosepipeError, match="needs its store inside"):
+        stage_release(cfg)
 
 
 def test_labelme_batch_counts_and_markdown_name_every_reason(shared_data, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 import yaml
 
 from posepipe.datasets.errors import PosepipeError
+from posepipe.datasets.mix import MixConfig, build_manifest, write_mix
+from posepipe.datasets.store import PoseStore
 from posepipe.flows import versioning
 
 PIPELINE = {
@@ -183,3 +186,22 @@ def test_dirty_tree_failed_stage_and_failed_push_leave_no_tag(released):
     with pytest.raises(PosepipeError, match="push"):
         versioning.release("E", repo, log=lambda m: None)
     assert _git(repo, "tag", "--list", "dataset/*").split() == ["dataset/A", "dataset/B"]
+
+
+def test_a_run_release_makes_its_folder_a_data_repository(coco_store, tmp_path, monkeypatch):
+    """What `posepipe run --release NAME` does: the run's store and manifest, released and pulled back."""
+    monkeypatch.setenv("POSEPIPE_DVC_REMOTE", str(tmp_path / "remote"))
+    out = tmp_path / "run"
+    shutil.copytree(coco_store.root, out / "store")
+    store = PoseStore(out / "store")
+    write_mix(build_manifest(store, ["coco-train", "coco-val"], [], MixConfig(ratio=(0, 1))), out / "mix")
+    (out / "train").mkdir()
+    (out / "train" / "scratch.txt").write_text("not part of the release")
+    card = versioning.release_run("r1", out, out / "store", out / "mix", {"pipeline": {"x": 1}}, log=lambda m: None)
+    assert _git(out, "tag", "--list").split() == ["dataset/r1"]
+    assert _git(out, "status", "--porcelain") == ""
+    assert card["paths"] == {"store": "store", "manifest": "mix"}
+    pulled = versioning.pull("r1", tmp_path / "pulled", out, log=lambda m: None)
+    assert pulled["files"] == card["files"]
+    assert (tmp_path / "pulled/coco/train.json").exists()
+    assert not (tmp_path / "pulled/train").exists()
