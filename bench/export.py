@@ -49,7 +49,7 @@ def train_and_export(args) -> None:
             out = Path(tmp) / "train"
             cfg = LaunchConfig(manifest=manifest, out=out, model=args.model, nproc=2, epochs=args.epochs,
                                train_args=["--batch-size", str(args.batch_size), "--ratio", "0:1", "--lr", str(args.lr),
-                                           "--seed", "0", "--workers", "0"])
+                                           "--augment", args.augment, "--seed", "0", "--workers", "0"])
             start = time.perf_counter()
             if run(cfg) != 0:
                 sys.exit("training failed")
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--augment", default="default", help="training augmentation preset (default, light, none)")
     p.add_argument("--calibration", type=int, default=64)
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, the same for every model")

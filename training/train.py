@@ -42,6 +42,7 @@ from posepipe.datasets.instance_dataset import load_instances
 
 from .data import PoseDataset, load_manifest
 from .model import ModelConfig, build_model, get_config
+from .transforms import AUGMENT_PRESETS
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="data-loader processes per rank")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--ohkm", action="store_true", help="online hard keypoint mining (top 8 joints)")
+    p.add_argument("--augment", default="default", choices=sorted(AUGMENT_PRESETS),
+                   help="augmentation preset: default (HRNet's), light (small sets, few steps), none (sanity checks)")
     p.add_argument("--val-sources", nargs="*", default=None,
                    help="store sources to validate on when the manifest has no real val rows")
     p.add_argument("--pck-instances", type=int, default=64, help="val people for the per-epoch PCK check")
@@ -99,6 +102,22 @@ def joints_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, o
     if ohkm_topk:
         return per_joint.topk(ohkm_topk, dim=1).values.mean()
     return per_joint.mean()
+
+
+def train_step(model, optimizer, batch: dict, device, ohkm_topk: int = 0) -> torch.Tensor:
+    """One optimizer step on a batch from ``PoseDataset``; returns the (detached) loss.
+
+    The DDP loop and the single-process overfit test (tests/test_train_overfit.py) share it, so
+    the test checks the step that real runs take.
+    """
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["target"].to(device, non_blocking=True)
+    weight = batch["target_weight"].to(device, non_blocking=True)
+    loss = joints_mse(model(images), target, weight, ohkm_topk)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def rng_state() -> dict:
@@ -200,7 +219,7 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
         config = ModelConfig.from_dict(ckpt["config"])
 
     dataset = PoseDataset(store, load_instances(store, train_rows["instance_id"]), config.input_size,
-                          train=True, seed=args.seed)
+                          train=True, seed=args.seed, augment=AUGMENT_PRESETS[args.augment])
     sampler = sampler_cls(train_rows, ratio=args.ratio, num_replicas=world, rank=rank, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler.batch_sampler(args.batch_size), num_workers=args.workers,
@@ -232,7 +251,8 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
         if main and (out / LOG).exists():
             (out / LOG).unlink()
         log.write(event="start", model=config.name, world_size=world, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                  batch_size=args.batch_size, ratio=args.ratio, seed=args.seed, backend=dist.get_backend())
+                  batch_size=args.batch_size, ratio=args.ratio, seed=args.seed, backend=dist.get_backend(),
+                  augment=args.augment, lr=args.lr)
 
     val = _validation(store, manifest, args) if main else None
     ohkm = 8 if args.ohkm else 0
@@ -247,16 +267,10 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
         epoch_loss, batches = torch.zeros((), dtype=torch.float64), 0
         epoch_started = time.perf_counter()
         for batch in progress.track(loader, steps_per_epoch, f"epoch {epoch + 1}/{epochs}"):
-            images = batch["image"].to(device, non_blocking=True)
-            target = batch["target"].to(device, non_blocking=True)
-            weight = batch["target_weight"].to(device, non_blocking=True)
-            loss = joints_mse(ddp(images), target, weight, ohkm)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(ddp, optimizer, batch, device, ohkm)
             step += 1
-            seen += len(images) * world
-            mean_loss = loss.detach().clone()
+            seen += len(batch["image"]) * world
+            mean_loss = loss.clone()
             dist.all_reduce(mean_loss)
             mean_loss = float(mean_loss) / world
             epoch_loss += mean_loss

@@ -35,6 +35,17 @@ class AugmentConfig:
     pixel_prob: float = 0.5  # chance of each albumentations pixel transform
 
 
+# ``--augment`` presets. "default" is HRNet's recipe, which generalises best given many steps; "light"
+# fits a small set in a few hundred steps (measured on coco-mini: train PCK 0.70 vs 0.50 after 600
+# steps, the same val PCK); "none" is for sanity checks (the crop is the evaluation crop).
+AUGMENT_PRESETS = {
+    "default": AugmentConfig(),
+    "light": AugmentConfig(scale_factor=0.25, rotation_factor=30.0, rotation_prob=0.4, half_body_prob=0.0,
+                           pixel_prob=0.3),
+    "none": AugmentConfig(scale_factor=0.0, rotation_prob=0.0, flip_prob=0.0, half_body_prob=0.0, pixel_prob=0.0),
+}
+
+
 @dataclass
 class Crop:
     image: np.ndarray  # (H, W, 3) uint8 RGB at the network's input size
