@@ -17,12 +17,26 @@ import pyarrow as pa
 from . import schema
 
 
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def to_json(value: Any) -> str:
     try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(value, option=_JSON_OPTIONS).decode()
     except orjson.JSONEncodeError:
         # orjson stops at 64-bit integers; user files may hold bigger ones (a huge group_id).
         return json.dumps(value, default=_plain)
+
+
+def json_column(values: list) -> pa.Array:
+    """``to_json`` of each value as a string column, None staying null; one comprehension
+    instead of a call per value (this runs once per annotation)."""
+    dumps = orjson.dumps
+    try:
+        out = [None if v is None else dumps(v, option=_JSON_OPTIONS).decode() for v in values]
+    except orjson.JSONEncodeError:
+        out = [None if v is None else to_json(v) for v in values]
+    return pa.array(out, type=pa.string())
 
 
 def _plain(value: Any) -> Any:
@@ -92,6 +106,8 @@ def instances_table(
             values = columns.get(f.name)
             if values is None:
                 arrays.append(pa.nulls(n, f.type))
+            elif isinstance(values, pa.Array):
+                arrays.append(values if values.type == f.type else values.cast(f.type))
             elif isinstance(values, np.ndarray):
                 arrays.append(pa.array(values).cast(f.type))
             else:

@@ -223,11 +223,12 @@ def instance_id(source: str, record_key: str) -> str:
     return short_hash(source, record_key)
 
 
-def instance_ids(source: str, record_keys: list[str]) -> list[str]:
-    """``instance_id`` for many keys at once (same values, without per-call overhead)."""
-    prefix = source.encode("utf-8") + b"\x00"
+def instance_ids(source: str, record_keys: list, prefix: str = "") -> list[str]:
+    """``instance_id(source, prefix + str(key))`` for many keys at once (same values, without
+    per-call overhead or a list of intermediate key strings)."""
+    head = source.encode("utf-8") + b"\x00" + prefix.encode("utf-8")
     sha = hashlib.sha256
-    return [sha(prefix + key.encode("utf-8") + b"\x00").hexdigest()[:16] for key in record_keys]
+    return [sha(b"%s%s\x00" % (head, str(key).encode("utf-8"))).hexdigest()[:16] for key in record_keys]
 
 
 def empty_table(name: str) -> pa.Table:
