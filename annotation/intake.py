@@ -37,6 +37,7 @@ from posepipe.datasets.coco import display_path
 from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.images import ImageProblem, probe
 from posepipe.datasets.progress import NoProgress, Progress
+from posepipe.datasets.gcpause import gc_paused
 from posepipe.datasets.store import PoseStore, Transaction
 
 from . import convention, labelme_format
@@ -209,7 +210,7 @@ def ingest_labelme(
     items = [(path, prefix + rel, rel) for path, rel in zip(paths, rels)]  # key = display_path(path)
     rejected: list[tuple[Path, bytes, FileOutcome]] = []
     unchanged: list[FileOutcome] = []
-    with store.transaction(source) as tx:
+    with gc_paused(), store.transaction(source) as tx:  # see datasets/gcpause.py
         context = _Context(root, tx.file_hashes(), source, annotator)
         gone = _missing(tx, folder_key, {key for _, key, _ in items}, report, prune)
         claims = _Claims(tx.image_owners(), gone, {key: path for path, key, _ in items}, context.last_sha)

@@ -9,7 +9,6 @@ kept to pulling fields out of the parsed json.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import itertools
 import json
@@ -17,7 +16,6 @@ import operator
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,6 +26,7 @@ import pyarrow as pa
 
 from . import records, schema, skeletons
 from .errors import PosepipeError
+from .gcpause import gc_paused
 from .images import ImageProblem, probe
 from .progress import NoProgress, Progress
 from .report import IngestReport
@@ -118,7 +117,7 @@ def ingest_coco(
     hasher = ThreadPoolExecutor(max_workers=1)
     hashing = hasher.submit(lambda: hashlib.sha256(data).hexdigest())
     hasher.shutdown(wait=False)  # the submitted hash still runs to the end
-    with _gc_paused(), store.transaction(source) as tx:
+    with gc_paused(), store.transaction(source) as tx:
         file_sha = hashing.result()
         report = IngestReport(source=source, file=file_key, format="coco")
         if tx.file_sha256(file_key) == file_sha:
@@ -150,20 +149,6 @@ def ingest_coco(
             },
         )
         return report
-
-
-@contextmanager
-def _gc_paused():
-    """A parsed file holds millions of lists and dicts and nothing read can form a cycle, yet the
-    cyclic collector would rescan them all every few thousand allocations (~2 s of 250k
-    annotations). Paused for one ingest; the previous state is restored after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _read_file(ctx: _Ctx, data: bytes, skeleton: str | None):
