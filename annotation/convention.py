@@ -41,7 +41,7 @@ def parse_joint_label(label: str) -> tuple[str | None, bool]:
 
 
 def is_person_label(label: str) -> bool:
-    return normalise_label(label) == PERSON_LABEL
+    return label == PERSON_LABEL or normalise_label(label) == PERSON_LABEL  # the common case first
 
 
 def suggest(label: str) -> str | None:

@@ -42,7 +42,8 @@ _OPT_BOOL = frozenset((bool, type(None)))
 _OPT_DICT = frozenset((dict, type(None)))
 _CONTAINERS = frozenset((dict, list))
 _TYPED_FILE_FIELDS = FILE_FIELDS - {"flags"}
-_TYPED_SHAPE_FIELDS = SHAPE_FIELD_SET - {"flags"}
+# Shape keys whose values _plain checks one by one (the rest are extras).
+_USUAL_SHAPE_KEYS = SHAPE_FIELD_SET | {"mask"}
 
 
 class Shape(BaseModel):
@@ -123,9 +124,10 @@ def _plain(doc: dict) -> bool:
             return False
         get = shape.get
         points = get("points")
+        flags = get("flags")
         if not (type(get("label")) is str and type(points) is list and type(get("group_id")) in _OPT_INT
                 and type(get("shape_type")) in _OPT_STR and type(get("description")) in _OPT_STR
-                and type(get("flags")) in _OPT_DICT and type(get("difficult")) in _OPT_BOOL):
+                and type(get("difficult")) in _OPT_BOOL and (flags is None or type(flags) is dict)):
             return False
         ints = False
         for point in points:
@@ -140,9 +142,20 @@ def _plain(doc: dict) -> bool:
                     ints = True
         if ints:
             shape["points"] = [[float(c) for c in point] for point in points]
-        for k in shape.keys() - _TYPED_SHAPE_FIELDS:  # flags and the extras
-            if type(shape[k]) in _CONTAINERS and not _shallow(shape[k], 0):
-                return False
+        # The free-form values (flags, mask, extras) must not nest too deep. Checked without
+        # building a set of extra keys per shape: flags and mask directly, the rest only when
+        # the shape has keys beyond the usual ones.
+        if flags:
+            for v in flags.values():
+                if (type(v) is dict or type(v) is list) and not _shallow(v, 1):
+                    return False
+        mask = get("mask")
+        if (type(mask) is dict or type(mask) is list) and not _shallow(mask, 0):
+            return False
+        if not shape.keys() <= _USUAL_SHAPE_KEYS:
+            for k in shape.keys() - _USUAL_SHAPE_KEYS:  # the extras
+                if type(shape[k]) in _CONTAINERS and not _shallow(shape[k], 0):
+                    return False
     return True
 
 

@@ -263,3 +263,26 @@ def test_huge_group_id_is_handled_without_a_traceback(tmp_path, good):
     assert report.files_read == report.files_rejected == 1
     (row,) = store.rejects().to_pylist()
     assert row["reason"] == "bad_type" and "does not fit in 64 bits" in row["message"]
+
+
+def test_symlinks_out_of_the_intake_folder_are_rejected(tmp_path, good):
+    """An imagePath inside the folder that is a link (file or folder) pointing outside it is refused."""
+    doc, data = good
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "img.jpg").write_bytes(data)
+    drop = tmp_path / "drop"
+    (drop / "linked").mkdir(parents=True)
+    (drop / "linked" / "img.jpg").symlink_to(outside / "img.jpg")  # a file link
+    (drop / "dirlink").symlink_to(outside, target_is_directory=True)  # a folder link
+    (drop / "inside").mkdir()
+    (drop / "inside" / "img.jpg").write_bytes(data)
+    (drop / "inside" / "alias.jpg").symlink_to(drop / "inside" / "img.jpg")  # stays inside: fine
+    for name, path in (("file_link", "linked/img.jpg"), ("dir_link", "dirlink/img.jpg"),
+                       ("inside_link", "inside/alias.jpg")):
+        (drop / f"{name}.json").write_text(json.dumps({**doc, "imagePath": path, "imageData": None}))
+    store = PoseStore(tmp_path / "store")
+    report = ingest_labelme(store, drop, "links", quarantine_mode="copy")
+    reasons = {Path(r["file"]).name: r["reason"] for r in store.rejects().to_pylist()}
+    assert reasons == {"file_link.json": "path_escapes", "dir_link.json": "path_escapes"}
+    assert report.files_read == 3 and report.files_accepted == 1
