@@ -24,7 +24,7 @@ import os
 import shutil
 from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, NamedTuple
 
@@ -39,6 +39,7 @@ from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.images import ImageProblem, probe
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.gcpause import gc_paused
+from posepipe.datasets.report import counts_text, report_dict
 from posepipe.datasets.store import PoseStore, Transaction
 
 from . import convention, labelme_format
@@ -125,20 +126,13 @@ class IntakeReport:
         return self.files_rejected
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["reasons"] = dict(sorted(self.reasons.items()))
-        d["notes"] = dict(sorted(self.notes.items()))
-        return d
+        return report_dict(self)
 
     def summary(self) -> str:
         text = (f"{self.folder} -> source {self.source}: {self.files_read} files read, "
                 f"{self.files_accepted} accepted ({self.instances_accepted} people, {self.images_accepted} images), "
                 f"{self.files_rejected} rejected, {self.files_unchanged} unchanged")
-        if self.reasons:
-            text += "; rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        if self.notes:
-            text += "; notes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
-        return text
+        return text + counts_text(self.reasons, self.notes)
 
 
 # Per person, in this order: the instances columns a file gives (keypoints and bbox go apart).

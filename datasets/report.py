@@ -36,11 +36,7 @@ class IngestReport:
             raise AssertionError(f"annotation counts do not add up: {self}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["reasons"] = dict(sorted(self.reasons.items()))
-        d["notes"] = dict(sorted(self.notes.items()))
-        d["rejected"] = self.rejected
-        return d
+        return {**report_dict(self), "rejected": self.rejected}
 
     def summary(self) -> str:
         if self.fatal:
@@ -52,8 +48,22 @@ class IngestReport:
             f"images {self.images_accepted}/{self.images_read} accepted, "
             f"annotations {self.annotations_accepted}/{self.annotations_read} accepted"
         )
-        if self.reasons:
-            text += "; rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
-        if self.notes:
-            text += "; notes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.notes.items()))
-        return text
+        return text + counts_text(self.reasons, self.notes)
+
+
+def report_dict(report) -> dict:
+    """A report dataclass as json-ready data, its reason and note counts sorted by name."""
+    d = asdict(report)
+    d["reasons"] = dict(sorted(report.reasons.items()))
+    d["notes"] = dict(sorted(report.notes.items()))
+    return d
+
+
+def counts_text(reasons: Counter, notes: Counter) -> str:
+    """'; rejects: a 2, b 1; notes: c 3' (empty parts left out), for one-line summaries."""
+    text = ""
+    if reasons:
+        text += "; rejects: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    if notes:
+        text += "; notes: " + ", ".join(f"{k} {v}" for k, v in sorted(notes.items()))
+    return text
