@@ -14,8 +14,7 @@ import pytest
 from posepipe.annotation import intake, labelme_format
 from posepipe.annotation.intake import ingest_labelme
 from posepipe.datasets.store import PoseStore
-from tests.test_labelme_intake import _cases, _jpeg
-from tests.test_labelme_versions import coco_people, labelme_doc
+from tests.test_labelme_intake import _cases, _jpeg, good  # noqa: F401  (good is a fixture)
 
 
 def _shape(label, points, kind="point", group=1, **extra):
@@ -86,13 +85,6 @@ def _run(tmp_path: Path, name: str, good, monkeypatch, **kwargs) -> dict:
     files = {p.relative_to(work).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(work.rglob("*")) if p.is_file() and ".lock" not in p.name}
     return {"reports": json.loads(json.dumps(reports, default=str)), "files": files}
-
-
-@pytest.fixture
-def good(shared_data):
-    im, people = coco_people(shared_data, limit=1)[0]
-    data = (shared_data / "coco-mini/val2017" / im["file_name"]).read_bytes()
-    return labelme_doc("labelme7", im, people[:2], data, "img.jpg"), data
 
 
 def test_pool_and_plain_dicts_give_the_same_bytes(tmp_path, good, monkeypatch):

@@ -98,11 +98,16 @@ KNOWN_POSE = textwrap.dedent("""
 """)
 
 
-def test_known_pose_keypoints_land_on_the_body():
-    proc = subprocess.run([sys.executable, "-c", KNOWN_POSE], capture_output=True, text=True, timeout=120)
+def _blender_result(script: str, *args: str, timeout: int = 120):
+    """Run a bpy script in a child process (one Blender per process) and return its RESULT json."""
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT"):])
+
+
+def test_known_pose_keypoints_land_on_the_body():
+    out = _blender_result(KNOWN_POSE)
     kp, mask = np.array(out["keypoints"]), np.array(out["mask"], dtype=bool)
     assert mask.shape == (64, 48) and mask.sum() > 100
     # Seen from the front at eye level, every body joint and the face is visible...
@@ -165,13 +170,10 @@ def test_bvh_clip_from_the_sampler_round_trips_through_blenders_importer(tmp_pat
     """Sampler poses -> our BVH writer (T-pose CMU skeleton, cm) -> bpy.ops.import_anim.bvh -> retarget
     onto the metarig -> render: keypoints land where the source pose puts them."""
     clip = tmp_path / "clip.bvh"
-    proc = subprocess.run([sys.executable, "-c", BVH_ROUND_TRIP, str(clip)], capture_output=True, text=True,
-                          timeout=180)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    pairs = _blender_result(BVH_ROUND_TRIP, str(clip), timeout=180)
     assert clip.read_text().startswith("HIERARCHY\nROOT Hips") and "LeftForeArm" in clip.read_text()
     labelled = 0
-    for source, mocap in json.loads(line[len("RESULT"):]):
+    for source, mocap in pairs:
         a, b = np.array(source["keypoints"]), np.array(mocap["keypoints"])
         assert (a[:, 2] == b[:, 2]).all()
         on = a[:, 2] > 0
@@ -216,7 +218,4 @@ RIG_CHECK = textwrap.dedent("""
 
 def test_numpy_rig_matches_blender():
     """synth/core/rig.py poses the stored metarig rest exactly as Blender poses the real metarig."""
-    proc = subprocess.run([sys.executable, "-c", RIG_CHECK], capture_output=True, text=True, timeout=120)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert json.loads(line[len("RESULT"):]) < 1e-5
+    assert _blender_result(RIG_CHECK) < 1e-5
