@@ -9,6 +9,7 @@ kept to pulling fields out of the parsed json.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -24,7 +25,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from . import records, schema, skeletons
+from . import coco_split, records, schema, skeletons
 from .errors import PosepipeError
 from .gcpause import gc_paused
 from .images import ImageProblem, probe
@@ -76,12 +77,34 @@ class _Ctx:
 
     def reject(self, kind: str, record_id: Any, index: int | None, field_name: str | None,
                reason: str, detail: str, raw: Any) -> None:
+        self.add_rejects([self.reject_row(kind, record_id, index, field_name, reason, detail, raw)])
+
+    def reject_row(self, kind: str, record_id: Any, index: int | None, field_name: str | None,
+                   reason: str, detail: str, raw: Any) -> dict[str, Any]:
         what = f"{kind} {record_id}" if record_id is not None else kind
         where = f"{self.file}: {what} (record #{index})" if index is not None else f"{self.file}"
         if field_name:
             where += f", field '{field_name}'"
-        self.rejects.add(kind, record_id, index, field_name, reason, f"{where}: {detail}", raw)
-        self.report.reasons[reason] += 1
+        return self.rejects.row(kind, record_id, index, field_name, reason, f"{where}: {detail}", raw)
+
+    def add_rejects(self, rows: list[dict[str, Any]]) -> None:
+        self.rejects.rows.extend(rows)
+        for row in rows:
+            self.report.reasons[row["reason"]] += 1
+
+    def reset(self) -> None:
+        """Forget everything read so far (the split reader falls back to the one-process reader).
+
+        Images already staged in the store's shard writer stay; staging them again is a no-op."""
+        self.image_rows.clear()
+        self.doc_meta.clear()
+        self.accepted_images.clear()
+        self.rejected_images.clear()
+        self.rejects.rows.clear()
+        fresh = IngestReport(source=self.report.source, file=self.report.file, format=self.report.format,
+                             batch_id=self.report.batch_id)
+        for f in dataclasses.fields(IngestReport):
+            setattr(self.report, f.name, getattr(fresh, f.name))
 
 
 def ingest_coco(
@@ -156,6 +179,10 @@ def _read_file(ctx: _Ctx, data: bytes, skeleton: str | None):
 
     The parsed document lives only in this call: it is freed on return, while the cyclic
     collector is still paused, so the collector never walks it."""
+    if ctx.fast and coco_split.usable(data):
+        table = coco_split.read(ctx, data, skeleton)
+        if table is not coco_split.DECLINED:
+            return table
     try:
         doc = _parse_json(data)
     except ValueError as exc:
@@ -436,34 +463,71 @@ class _Sound:
     boxes: np.ndarray  # (n, 4)
     sizes: np.ndarray  # (n, 2) width and height of each one's image
     image_ids: list[str]
-    kp_field: str
+    kp_field: str  # the keypoints field in use after the last record (Human-Art switches it)
+    seen: set | list  # every annotation id taken as an id (distinct), accepted or not
+    fast: bool  # read by the column path
+
+
+@dataclass
+class _Part:
+    """A run of annotations (the whole file, or one slice of it) checked and turned into rows.
+
+    Structural rejects are already in ``ctx``; vector-check rejects wait in ``vector_rejects``
+    as (check rank, record index, row), because the file's order puts them after every
+    structural reject, ordered by check and then by record."""
+    read: int
+    sound: _Sound
+    vector_rejects: list[tuple[int, int, dict[str, Any]]]
+    table: pa.Table
+    note_counts: np.ndarray  # accepted rows per combination of derived-value notes (see _instances)
 
 
 def _read_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton):
-    report = ctx.report
-    report.annotations_read = len(annotations)
-    sound = _sound_columns(ctx, annotations, category_id, skel) if ctx.fast else None
+    part = _check_annotations(ctx, annotations, category_id, skel)
+    finish_annotations(ctx, [part])
+    return part.table
+
+
+def _check_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton,
+                       offset: int = 0) -> _Part:
+    """Check ``annotations`` (records ``offset``... of the file) and build their instance rows."""
+    sound = _sound_columns(ctx, annotations, category_id, skel, offset) if ctx.fast else None
     if sound is None:
-        sound = _sound_records(ctx, annotations, category_id, skel)
-    n = len(sound.index)
+        sound = _sound_records(ctx, annotations, category_id, skel, offset)
     columns: dict[str, list] = {}
     bad = _vector_checks(sound.keypoints, sound.boxes, sound.sizes, sound.recs, skel, sound.kp_field, columns)
-    ok = np.ones(n, dtype=bool)
-    for row, (fld, reason, detail) in bad.items():
-        ok[row] = False
+    vector_rejects = []
+    for row, (fld, reason, detail, rank) in bad.items():
         rec = sound.recs[row]
-        ctx.reject("annotation", rec.get("id"), sound.index[row], fld, reason, detail, rec)
-    report.annotations_rejected = report.annotations_read - int(ok.sum())
-    report.annotations_accepted = int(ok.sum())
+        index = sound.index[row]
+        vector_rejects.append((rank, index, ctx.reject_row("annotation", rec.get("id"), index, fld, reason, detail, rec)))
+    counts = np.zeros(8, dtype=np.int64)
     if not bad:  # the common case: no copies of 250k-row arrays and lists
-        return _instances(ctx, sound.recs, sound.keypoints, sound.boxes, sound.image_ids, skel, sound.index,
-                          columns=columns)
-    keep = np.flatnonzero(ok)
-    return _instances(ctx, [sound.recs[r] for r in keep], sound.keypoints[keep], sound.boxes[keep],
-                      [sound.image_ids[r] for r in keep], skel, [sound.index[r] for r in keep])
+        table = _instances(ctx, sound.recs, sound.keypoints, sound.boxes, sound.image_ids, skel, sound.index,
+                           columns=columns, note_counts=counts)
+    else:
+        ok = np.ones(len(sound.index), dtype=bool)
+        ok[list(bad)] = False
+        keep = np.flatnonzero(ok)
+        table = _instances(ctx, [sound.recs[r] for r in keep], sound.keypoints[keep], sound.boxes[keep],
+                           [sound.image_ids[r] for r in keep], skel, [sound.index[r] for r in keep],
+                           note_counts=counts)
+    return _Part(len(annotations), sound, vector_rejects, table, counts)
 
 
-def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skeleton) -> _Sound | None:
+def finish_annotations(ctx: _Ctx, parts: list[_Part]) -> None:
+    """Account for the annotations of ``parts`` (in file order) in the report and the rejects."""
+    pending = sorted(itertools.chain.from_iterable(p.vector_rejects for p in parts), key=lambda r: r[:2])
+    ctx.add_rejects([row for _, _, row in pending])
+    report = ctx.report
+    report.annotations_read = sum(p.read for p in parts)
+    report.annotations_accepted = sum(p.table.num_rows for p in parts)
+    report.annotations_rejected = report.annotations_read - report.annotations_accepted
+    _add_notes(report, _note_combos(()), sum(p.note_counts for p in parts))
+
+
+def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skeleton,
+                   offset: int = 0) -> _Sound | None:
     """Fast path for a well-formed file: each field pulled for all records at once, checked as a column.
 
     Returns None as soon as any record would be rejected by ``_sound_records`` (or is unusual in any
@@ -509,10 +573,11 @@ def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skel
     table = np.array([(w, h) for _, w, h in accepted.values()], dtype=np.float64).reshape(-1, 2)
     sizes = table[np.fromiter(map(slot.__getitem__, imgs), dtype=np.intp, count=n)]
     image_ids = [accepted[img][0] for img in imgs]
-    return _Sound(list(range(n)), anns, kp_arr, box_arr, sizes, image_ids, kp_field)
+    return _Sound(list(range(offset, offset + n)), anns, kp_arr, box_arr, sizes, image_ids, kp_field, ids, True)
 
 
-def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton) -> _Sound:
+def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton,
+                   offset: int = 0) -> _Sound:
     """The careful path: each record checked on its own, structural problems rejected in file order."""
     k = skel.num_joints
     kp_field = "keypoints"
@@ -523,7 +588,7 @@ def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeleto
     boxes: list[Any] = []
     sizes: list[tuple[int, int]] = []
     image_ids: list[str] = []
-    for i, rec in enumerate(ctx.progress.track(annotations, len(annotations), "annotations")):
+    for i, rec in enumerate(ctx.progress.track(annotations, len(annotations), "annotations"), start=offset):
         if not isinstance(rec, dict):
             ctx.reject("annotation", None, i, None, "bad_type", f"record is {type(rec).__name__}, expected an object", rec)
             continue
@@ -588,22 +653,26 @@ def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeleto
     kp_arr = np.array(kps, dtype=np.float64).reshape(n, k, 3) if n else np.zeros((0, k, 3))
     box_arr = np.array(boxes, dtype=np.float64).reshape(n, 4) if n else np.zeros((0, 4))
     wh = np.array(sizes, dtype=np.float64).reshape(n, 2)
-    return _Sound(idx, [annotations[i] for i in idx], kp_arr, box_arr, wh, image_ids, kp_field)
+    return _Sound(idx, [annotations[i - offset] for i in idx], kp_arr, box_arr, wh, image_ids, kp_field, seen, False)
 
 
 def _vector_checks(kp: np.ndarray, box: np.ndarray, wh: np.ndarray, recs: list[dict],
                    skel: skeletons.Skeleton, kp_field: str,
                    columns: dict[str, list] | None = None) -> dict[int, tuple[str, str, str]]:
-    """First problem of each bad row: row -> (field, reason, message detail).
+    """First problem of each bad row: row -> (field, reason, message detail, check rank).
 
-    Fields pulled from ``recs`` are left in ``columns`` for the table build."""
-    bad: dict[int, tuple[str, str, str]] = {}
+    Rows are inserted check by check, so the rank (the check's position) orders rows of several
+    slices of a file the way one pass over the whole file would. Fields pulled from ``recs`` are
+    left in ``columns`` for the table build."""
+    bad: dict[int, tuple[str, str, str, int]] = {}
     names = skel.joints
+    ranks = itertools.count()
 
     def flag(mask: np.ndarray, fld: str, reason: str, detail) -> None:
+        rank = next(ranks)
         for row in np.flatnonzero(mask):
             if row not in bad:
-                bad[int(row)] = (fld, reason, detail(int(row)))
+                bad[int(row)] = (fld, reason, detail(int(row)), rank)
 
     if len(kp) == 0:
         return bad
@@ -664,6 +733,18 @@ def _column(recs: list[dict], key: str, cache: dict[str, list] | None) -> list:
     return cache[key]
 
 
+def _note_combos(fixed_notes: tuple[str, ...]) -> list[list[str]]:
+    """The notes of each 3-bit code: which of area, iscrowd and num_keypoints were derived."""
+    names = ("area_derived_from_bbox", "iscrowd_defaulted_to_0", "num_keypoints_derived")
+    return [list(fixed_notes) + [nm for bit, nm in enumerate(names) if c >> bit & 1] for c in range(8)]
+
+
+def _add_notes(report: IngestReport, combos: list[list[str]], counts: np.ndarray) -> None:
+    for c, count in enumerate(counts.tolist()):
+        if count:
+            report.notes.update({nm: count for nm in combos[c]})
+
+
 def _nones(values: list) -> np.ndarray:
     """Mask of the absent (None) values."""
     if None not in values:
@@ -686,9 +767,10 @@ def _numbers(values: list) -> list:
 
 def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, image_ids: list[str],
                skel: skeletons.Skeleton, record_indices: list[int], fixed_notes: tuple[str, ...] = (),
-               columns: dict[str, list] | None = None):
+               columns: dict[str, list] | None = None, note_counts: np.ndarray | None = None):
     """The instances table of accepted annotations; ``columns`` holds fields already pulled from
-    these same ``recs`` (by ``_vector_checks``)."""
+    these same ``recs`` (by ``_vector_checks``). The notes are counted into the report, or, when
+    ``note_counts`` is given, per combination into it (the caller adds them to the report)."""
     n = len(recs)
     coco = np.zeros((n, schema.NUM_JOINTS, 3), dtype=np.float32)
     mapping = np.array(skel.coco_index)
@@ -710,13 +792,14 @@ def _instances(ctx: _Ctx, recs: list[dict], kp: np.ndarray, box: np.ndarray, ima
     if "visibility_assumed_visible" in fixed_notes:
         missing_num[:] = False
     code = missing_area * 1 + missing_crowd * 2 + missing_num * 4
-    names = ("area_derived_from_bbox", "iscrowd_defaulted_to_0", "num_keypoints_derived")
-    combos = [list(fixed_notes) + [nm for bit, nm in enumerate(names) if c >> bit & 1] for c in range(8)]
+    combos = _note_combos(fixed_notes)
     # Eight possible note lists, picked per row by Arrow instead of building 250k Python lists.
     notes = pa.array(combos, type=pa.list_(pa.string())).take(pa.array(code, type=pa.int64()))
-    for c, count in enumerate(np.bincount(code, minlength=8).tolist()):
-        if count:
-            ctx.report.notes.update({nm: count for nm in combos[c]})
+    counts = np.bincount(code, minlength=8)
+    if note_counts is None:
+        _add_notes(ctx.report, combos, counts)
+    else:
+        note_counts += counts
     area = np.where(missing_area, box[:, 2] * box[:, 3], np.array(_numbers(area), dtype=np.float64))
     iscrowd = [bool(c) for c in iscrowd]
     extras: list[list[dict] | None] = [None] * n
@@ -821,7 +904,7 @@ def _mpii_instances(ctx: _Ctx, recs: list[dict], skel: skeletons.Skeleton):
     wh = np.array([ctx.accepted_images[r["image_id"]][1:] for r in recs], dtype=np.float64).reshape(n, 2)
     bad = _vector_checks(kp, box, wh, recs, skel, "keypoints")
     keep = [r for r in range(n) if r not in bad]
-    for row, (fld, reason, detail) in bad.items():
+    for row, (fld, reason, detail, _) in bad.items():
         ctx.reject("annotation", recs[row]["id"], recs[row]["id"], fld, reason, detail, recs[row])
     kept = [recs[r] for r in keep]
     fixed = ("bbox_derived_from_joints", "visibility_assumed_visible")

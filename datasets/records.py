@@ -60,21 +60,24 @@ class Rejects:
 
     def add(self, kind: str, record_id: Any, record_index: int | None, field_name: str | None,
             reason: str, message: str, raw: Any) -> None:
+        self.rows.append(self.row(kind, record_id, record_index, field_name, reason, message, raw))
+
+    def row(self, kind: str, record_id: Any, record_index: int | None, field_name: str | None,
+            reason: str, message: str, raw: Any) -> dict[str, Any]:
+        """One rejects row, not yet added (readers that merge rows from several workers order them first)."""
         assert reason in schema.REASONS, reason
-        self.rows.append(
-            {
-                "source": self.source,
-                "kind": kind,
-                "record_id": None if record_id is None else str(record_id),
-                "file": self.file,
-                "record_index": record_index,
-                "field": field_name,
-                "reason": reason,
-                "message": message,
-                "raw": raw_json(raw),
-                "batch_id": self.batch_id,
-            }
-        )
+        return {
+            "source": self.source,
+            "kind": kind,
+            "record_id": None if record_id is None else str(record_id),
+            "file": self.file,
+            "record_index": record_index,
+            "field": field_name,
+            "reason": reason,
+            "message": message,
+            "raw": raw_json(raw),
+            "batch_id": self.batch_id,
+        }
 
     def count(self, kind: str) -> int:
         return sum(1 for r in self.rows if r["kind"] == kind)

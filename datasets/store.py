@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -291,8 +292,9 @@ def _fill_shard_refs(images: pa.Table, refs: dict[str, ShardRef], index: dict[st
 
 
 def _check_unique(table: pa.Table, column: str, source: str) -> None:
-    values = table.column(column).to_numpy(zero_copy_only=False)
-    if len(values) != len(np.unique(values)):
+    # Arrow's hash count first (~10x faster than sorting 250k strings); numpy names the culprit.
+    if pc.count_distinct(table.column(column)).as_py() != table.num_rows:
+        values = table.column(column).to_numpy(zero_copy_only=False)
         uniq, counts = np.unique(values, return_counts=True)
         dup = uniq[counts > 1][0]
         raise RuntimeError(f"source {source}: {column} {dup} would appear twice; nothing was written")
@@ -300,8 +302,10 @@ def _check_unique(table: pa.Table, column: str, source: str) -> None:
 
 def _commit_tables(source_dir: Path, tables: dict[str, pa.Table]) -> None:
     source_dir.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        atomic.write_parquet(source_dir / f".{name}.parquet.pending", table)
+    # Parquet encoding releases the GIL: the small tables are written beside the big one.
+    with ThreadPoolExecutor(max_workers=len(tables)) as pool:
+        list(pool.map(lambda item: atomic.write_parquet(source_dir / f".{item[0]}.parquet.pending", item[1]),
+                      tables.items()))
     atomic.write_text(source_dir / _JOURNAL, json.dumps(sorted(tables)))
     _recover(source_dir)
 

@@ -60,6 +60,24 @@ def test_ingest_flow_is_incremental_and_publishes_counts(prefect_harness, shared
     assert PoseStore(store).instances(["coco-val"]).num_rows == 118
 
 
+def test_ingest_flow_reads_a_split_file_from_a_task_thread(prefect_harness, shared_data, tmp_path, monkeypatch):
+    """A large file is read by this process and a forked helper, here forked from a Prefect task
+    thread while Prefect's own threads run: the rows equal a plain one-process ingest's."""
+    from posepipe.datasets.coco import ingest_coco
+    from tests.test_ingest_paths_agree import _split_always
+
+    mini = shared_data / "coco-mini"
+    ann, images = mini / "annotations/person_keypoints_train2017.json", mini / "train2017"
+    plain = PoseStore(tmp_path / "plain")
+    ingest_coco(plain, ann, images, "coco-train", fast=False)
+    outcomes = _split_always(monkeypatch)
+    coco = [{"source": "coco-train", "annotations": str(ann), "images": str(images)}]
+    (result,) = ingest_flow.ingest(store=str(tmp_path / "store"), params=None, coco=coco, labelme=[])
+    assert outcomes == ["taken"] and result["accepted"] == plain.instances().num_rows
+    for name in ("images", "instances", "rejects"):
+        assert getattr(PoseStore(tmp_path / "store"), name)().equals(getattr(plain, name)())
+
+
 def test_synth_flow_fans_out_over_a_local_dask_cluster_of_two_workers(prefect_harness, tmp_path):
     store = str(tmp_path / "store")
     flow = synth_flow.synth_with_runner(dask=True, workers=2)

@@ -1,7 +1,9 @@
-"""The column-wise fast path of the COCO reader gives exactly what the per-record path gives.
+"""The COCO reader's fast paths give exactly what the per-record path gives.
 
-Each case is ingested twice, with ``fast=True`` and ``fast=False`` (the per-record loop), into
-two stores; every table must be equal, and every stored file byte-identical.
+Each case is ingested twice, with ``fast=True`` and ``fast=False`` (the per-record loop, one
+process), into two stores; every table must be equal, and every stored file byte-identical.
+The fast side runs in one process, and again with the annotations split between this process
+and a forked child (``coco_split``, forced on for these small files).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from posepipe.datasets import coco
+from posepipe.datasets import coco, coco_split
 from posepipe.datasets.coco import ingest_coco
 from posepipe.datasets.store import PoseStore
 
@@ -52,6 +54,30 @@ def _both_paths(tmp_path: Path, ann: Path, images: Path, monkeypatch, **kw) -> t
     return fast, fell_back
 
 
+def _split_always(monkeypatch) -> list[str]:
+    """Force the two-process reader on any file size; returns what each read did (taken/declined)."""
+    monkeypatch.setattr(coco_split, "MIN_BYTES", 0)
+    outcomes: list[str] = []
+    split_read = coco_split.read
+
+    def recording(*args, **kwargs):
+        table = split_read(*args, **kwargs)
+        outcomes.append("declined" if table is coco_split.DECLINED else "taken")
+        return table
+
+    monkeypatch.setattr(coco_split, "read", recording)
+    return outcomes
+
+
+@pytest.fixture(params=["one_process", "split"])
+def reader(request, monkeypatch) -> list[str] | None:
+    """Each fast-path test runs with one process and with the split reader."""
+    if request.param == "one_process":
+        monkeypatch.setattr(coco_split, "MIN_BYTES", 1 << 62)
+        return None
+    return _split_always(monkeypatch)
+
+
 REAL = [
     ("coco-mini/annotations/person_keypoints_val2017.json", "coco-mini/val2017", None),
     ("pose-samples/coco/test_coco.json", "pose-samples/coco", None),
@@ -66,8 +92,10 @@ REAL = [
 
 
 @pytest.mark.parametrize("rel,images,skeleton", REAL, ids=[r[0].split("/")[-1] for r in REAL])
-def test_real_samples_agree(tmp_path, shared_data, monkeypatch, rel, images, skeleton):
+def test_real_samples_agree(tmp_path, shared_data, monkeypatch, reader, rel, images, skeleton):
     _both_paths(tmp_path, shared_data / rel, shared_data / images, monkeypatch, skeleton=skeleton)
+    if reader is not None and rel.startswith("coco-mini"):
+        assert reader == ["taken"]
 
 
 def test_clean_real_file_takes_the_fast_path(tmp_path, shared_data, monkeypatch):
@@ -164,7 +192,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_agrees(tmp_path, mini, monkeypatch, case):
+def test_bad_input_agrees(tmp_path, mini, monkeypatch, reader, case):
     doc, img_dir = mini
     doc = copy.deepcopy(doc)
     change, handled_fast, rejected = CASES[case]
@@ -173,7 +201,12 @@ def test_bad_input_agrees(tmp_path, mini, monkeypatch, case):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(doc))  # Python's json writes NaN literally, as real files can
     report, fell_back = _both_paths(tmp_path, ann, img_dir, monkeypatch)
-    assert fell_back == (0 if handled_fast else 1)
+    if reader is None:
+        assert fell_back == (0 if handled_fast else 1)
+    else:
+        # NaN is no JSON, and here the copied id sits in the other half (only one pass can say
+        # which copy comes second): the split reader leaves both files to the one-process reader.
+        assert reader == ["declined" if case in ("keypoints_nan", "id_duplicate") else "taken"]
     assert report.annotations_read == len(doc["annotations"])
     assert report.annotations_rejected == rejected
 
