@@ -41,7 +41,10 @@ _TOP_KEYS = ("images", "annotations", "categories")
 
 def usable(data: bytes) -> bool:
     """Worth trying: a large file and a second core to run the child on."""
-    return len(data) >= MIN_BYTES and len(os.sched_getaffinity(0)) > 1
+    if len(data) < MIN_BYTES or not hasattr(os, "fork"):
+        return False
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return len(cores) > 1
 
 
 def read(ctx: coco._Ctx, data: bytes, skeleton_name: str | None) -> Any:

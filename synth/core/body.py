@@ -25,6 +25,7 @@ ellipsoid head with a small nose, so every keypoint lies inside (or on) its own 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,16 @@ class Body:
     head: np.ndarray  # 4x4: unit sphere -> head ellipsoid in world
     nose: np.ndarray  # 4x4: unit sphere -> nose sphere in world
     keypoints: np.ndarray  # (17, 3) world
-    tolerances: np.ndarray  # (17,) how deep each keypoint may sit inside its own body
+    scale: float = 1.0  # the armature's uniform scale
+
+    @functools.cached_property
+    def tolerances(self) -> np.ndarray:
+        """(17,) how deep each keypoint may sit inside its own body. Computed on first use: only
+        the pose finally kept needs it, not every re-drawn one."""
+        tol = np.full(len(self.keypoints), FACE_TOLERANCE * self.scale)
+        for j in range(5, len(self.keypoints)):
+            tol[j] = _containing_radius(self.keypoints[j], self.capsules, self.radii)
+        return tol
 
 
 def _point(rig: dict[str, tuple[np.ndarray, np.ndarray]], ref: tuple[str, str]) -> np.ndarray:
@@ -114,10 +124,7 @@ def build_body(rig: dict[str, tuple[np.ndarray, np.ndarray]], head_deform: np.nd
     head = head_deform @ _affine(HEAD_CENTER, HEAD_AXES)
     nose = head_deform @ _affine(NOSE_CENTER, np.full(3, NOSE_RADIUS))
     kps = np.array([_point(rig, (bone, end)) for _, bone, end in KEYPOINT_BONES])
-    tol = np.full(len(kps), FACE_TOLERANCE * scale)
-    for j in range(5, len(kps)):
-        tol[j] = _containing_radius(kps[j], segs, radii)
-    return Body(segs, radii, CAPSULE_NAMES, head, nose, kps, tol)
+    return Body(segs, radii, CAPSULE_NAMES, head, nose, kps, scale)
 
 
 def _affine(center: np.ndarray, axes: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from ..core import scene as scene_mod
 from ..core import visibility
 from ..core import posing, retarget
 from ..core.pose import Pose
+from . import exr, rays
 
 OCCLUDER_INDEX = 100
 _SKIN_PARTS = {"hand.L", "hand.R", "forearm.L", "forearm.R", "neck"}
@@ -109,7 +110,8 @@ class BlenderRenderer:
         st.include(len(spec.people), len(spec.occluders), len(spec.lights))
         _set_world(st.world, spec, world_rgb)
         _per_image_settings(bpy.context.scene, self, spec, workdir)
-        bpy.context.view_layer.update()
+        # No view_layer.update(): the render call builds its own depsgraph, and the rays below do
+        # not need Blender's (updating it cost ~4 ms per image).
         t_build = time.perf_counter()
         bpy.ops.render.render(write_still=True)
         render_s = time.perf_counter() - t_build
@@ -118,7 +120,7 @@ class BlenderRenderer:
         else:
             index = _workbench_index(bpy.context.scene, st, workdir)
         t_index = time.perf_counter()
-        self._annotate(people, bodies, st.owners, cam_matrix, k)
+        _annotate(people, bodies, st, len(spec.occluders), cam_matrix, k)
         t_end = time.perf_counter()
         return RenderResult(
             rgba_png=workdir / "rgba.png", index=index, people=people,
@@ -130,30 +132,26 @@ class BlenderRenderer:
                      "annotate": t_end - t_index},
         )
 
-    def _annotate(self, people, bodies, owners, cam_matrix, k) -> None:
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        eye = cam_matrix[:3, 3]
-        for p, (res, body) in enumerate(zip(people, bodies)):
-            xy, depth = cam.project(body.keypoints, cam_matrix, k)
-            inside = cam.in_frame(xy, depth, k)
-            for j in range(17):
-                hit = None
-                vec = body.keypoints[j] - eye
-                dist = float(np.linalg.norm(vec))
-                if inside[j]:
-                    ok, loc, _n, _i, obj, _m = bpy.context.scene.ray_cast(
-                        depsgraph, _vec(eye), _vec(vec / dist), distance=dist)
-                    if ok:
-                        hit = visibility.RayHit(float(np.linalg.norm(np.array(loc) - eye)), owners.get(obj.name, -1))
-                v, kind = visibility.decide(bool(inside[j]), dist, hit, p, float(body.tolerances[j]))
-                res.keypoints[j] = (xy[j, 0], xy[j, 1], v) if v else (0.0, 0.0, 0.0)
-                res.occlusion[j] = kind
-
-
-def _vec(a):
-    from mathutils import Vector
-
-    return Vector((float(a[0]), float(a[1]), float(a[2])))
+def _annotate(people, bodies, st: "_Stage", occluders: int, cam_matrix, k) -> None:
+    """Keypoints and COCO visibility of each person, from rays cast at the placed objects."""
+    slots = [*st.people[:len(bodies)], *st.occluders[:occluders]]
+    matrices = np.concatenate([slot.matrices for slot in slots])
+    kinds = [kind for slot in slots for kind in slot.kinds]
+    owners = np.concatenate([np.full(len(slot.kinds), slot.owner) for slot in slots])
+    eye = cam_matrix[:3, 3]
+    points = np.concatenate([body.keypoints for body in bodies])
+    xy, depth = cam.project(points, cam_matrix, k)
+    inside = cam.in_frame(xy, depth, k)
+    hits = dict(zip(np.flatnonzero(inside).tolist(),
+                    st.rays.first_hits(eye, points[inside], kinds, matrices, owners)))
+    dist = np.linalg.norm(points - eye, axis=1).tolist()
+    for p, (res, body) in enumerate(zip(people, bodies)):
+        for j in range(17):
+            i = p * 17 + j
+            hit = visibility.RayHit(*hits[i]) if hits.get(i) else None
+            v, kind = visibility.decide(bool(inside[i]), dist[i], hit, p, float(body.tolerances[j]))
+            res.keypoints[j] = (xy[i, 0], xy[i, 1], v) if v else (0.0, 0.0, 0.0)
+            res.occlusion[j] = kind
 
 
 def _pick_device(device: str) -> str:
@@ -191,9 +189,9 @@ class _Stage:
         _clear()
         sc = bpy.context.scene
         self.meshes = _unit_meshes()
-        self.owners: dict[str, int] = {}
-        self.people = [_PersonSlot(p, self.meshes, self.owners) for p in range(MAX_PEOPLE)]
-        self.occluders = [_OccluderSlot(o, self.meshes, self.owners) for o in range(max(config.max_occluders, 0))]
+        self.rays = rays.UnitMeshRays(self.meshes)
+        self.people = [_PersonSlot(p, self.meshes) for p in range(MAX_PEOPLE)]
+        self.occluders = [_OccluderSlot(o, self.meshes) for o in range(max(config.max_occluders, 0))]
         self.lights = [_LightSlot(n) for n in range(MAX_LIGHTS)]
         cam_data = bpy.data.cameras.new("camera")
         cam_data.sensor_width = cam.SENSOR_MM
@@ -326,28 +324,36 @@ def _link(name: str, mesh, index: int, material, collection):
     return obj
 
 
-def _capsule_matrices(a: np.ndarray, b: np.ndarray, r: float) -> list[np.ndarray]:
+def _capsule_matrices(segs: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """(K, 3, 4, 4): unit cylinder and the two unit spheres of each capsule (K segments, K radii)."""
+    a, b = segs[:, 0], segs[:, 1]
     axis = b - a
-    length = float(np.linalg.norm(axis))
-    z = axis / length if length > 1e-9 else np.array([0.0, 0.0, 1.0])
-    hint = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    length = np.linalg.norm(axis, axis=1)
+    z = np.where(length[:, None] > 1e-9, axis / np.maximum(length, 1e-300)[:, None], [0.0, 0.0, 1.0])
+    hint = np.where(np.abs(z[:, :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
     x = np.cross(hint, z)
-    x /= np.linalg.norm(x)
+    x /= np.linalg.norm(x, axis=1)[:, None]
     y = np.cross(z, x)
-    cyl = np.eye(4)
-    cyl[:3, 0], cyl[:3, 1], cyl[:3, 2], cyl[:3, 3] = x * r, y * r, z * max(length, 1e-4), (a + b) / 2
-    out = [cyl]
-    for end in (a, b):
-        sph = np.diag([r, r, r, 1.0])
-        sph[:3, 3] = end
-        out.append(sph)
+    r = radii[:, None]
+    out = np.zeros((len(segs), 3, 4, 4))
+    out[:, :, 3, 3] = 1.0
+    out[:, 0, :3, 0], out[:, 0, :3, 1] = x * r, y * r
+    out[:, 0, :3, 2], out[:, 0, :3, 3] = z * np.maximum(length, 1e-4)[:, None], (a + b) / 2
+    for n, end in ((1, a), (2, b)):
+        out[:, n, [0, 1, 2], [0, 1, 2]] = r
+        out[:, n, :3, 3] = end
     return out
+
+
+def _as_stored(matrices: np.ndarray) -> np.ndarray:
+    """The matrices as Blender keeps them (float32), for the ray casts to see what is rendered."""
+    return matrices.astype(np.float32).astype(np.float64)
 
 
 class _PersonSlot:
     """Person p's mannequin: one capsule (cylinder + 2 spheres) per body part, a head and a nose."""
 
-    def __init__(self, p: int, meshes, owners: dict[str, int]):
+    def __init__(self, p: int, meshes):
         self.collection = _slot_collection(f"person{p}")
         self.skin, self.shirt, self.trousers = (_Material(f"{kind}{p}") for kind in ("skin", "shirt", "trousers"))
         self.parts = []
@@ -357,26 +363,28 @@ class _PersonSlot:
                                      mat.mat, self.collection) for n in range(3)])
         self.head = _link(f"p{p}.head", meshes["sphere"], p + 1, self.skin.mat, self.collection)
         self.nose = _link(f"p{p}.nose", meshes["sphere"], p + 1, self.skin.mat, self.collection)
-        for obj in self.collection.objects:
-            owners[obj.name] = p
+        self.owner = p  # for the ray casts: whose body a hit is
+        self.objects = [obj for objs in self.parts for obj in objs] + [self.head, self.nose]
+        self.kinds = [obj.data.name for obj in self.objects]
+        self.matrices = np.zeros((len(self.objects), 4, 4))
 
     def place(self, body: body_mod.Body, person: scene_mod.PersonSpec) -> None:
         self.skin.set(person.skin_rgb)
         self.shirt.set(person.clothing_rgb, person.texture_scale)
         self.trousers.set(person.trousers_rgb, person.texture_scale)
-        for objs, (a, b), r in zip(self.parts, body.capsules, body.radii):
-            for obj, m in zip(objs, _capsule_matrices(a, b, float(r))):
-                obj.matrix_world = Matrix(m.tolist())
-        self.head.matrix_world = Matrix(body.head.tolist())
-        self.nose.matrix_world = Matrix(body.nose.tolist())
+        matrices = np.concatenate([_capsule_matrices(body.capsules, body.radii).reshape(-1, 4, 4),
+                                   body.head[None], body.nose[None]])
+        for obj, m in zip(self.objects, matrices.tolist()):
+            obj.matrix_world = Matrix(m)
+        self.matrices = _as_stored(matrices)
 
 
 class _OccluderSlot:
-    def __init__(self, o: int, meshes, owners: dict[str, int]):
+    def __init__(self, o: int, meshes):
         self.collection = _slot_collection(f"occluder{o}")
         self.material = _Material(f"occ{o}")
         self.obj = _link(f"occluder{o}", meshes["box"], OCCLUDER_INDEX + o, self.material.mat, self.collection)
-        owners[self.obj.name] = -1
+        self.owner, self.kinds, self.matrices = -1, ["box"], np.eye(4)[None]
 
     def place(self, spec: scene_mod.OccluderSpec, matrix: np.ndarray, meshes) -> None:
         mesh = meshes["cylinder" if spec.kind == "cylinder" else "box"]
@@ -389,6 +397,7 @@ class _OccluderSlot:
             matrix[:3, 0] *= 0.5  # unit cylinder has radius 1: make its width the spec's size
             matrix[:3, 1] *= 0.5
         self.obj.matrix_world = Matrix(matrix.tolist())
+        self.kinds, self.matrices = [mesh.name], _as_stored(matrix[None])
         self.material.set(spec.rgb)
 
 
@@ -485,14 +494,10 @@ def _per_image_settings(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, workd
 
 
 def _read_index_exr(path: Path) -> np.ndarray:
-    img = bpy.data.images.load(str(path))
-    w, h = img.size
-    px = np.empty(w * h * 4, dtype=np.float32)
-    img.pixels.foreach_get(px)
-    bpy.data.images.remove(img)
+    # Read with numpy, not bpy.data.images: no datablock churn, so no depsgraph rebuild after it.
+    index = np.rint(exr.read_channel(path)).astype(np.int32)
     os.unlink(path)
-    # Blender's image rows start at the bottom; ours at the top.
-    return np.rint(px.reshape(h, w, 4)[::-1, :, 0]).astype(np.int32)
+    return index
 
 
 def _workbench_index(sc, st: _Stage, workdir: Path) -> np.ndarray:
