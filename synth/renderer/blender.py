@@ -33,7 +33,7 @@ from ..core import scene as scene_mod
 from ..core import visibility
 from ..core import posing, retarget
 from ..core.pose import Pose
-from . import exr, rays
+from . import rays, readback
 
 OCCLUDER_INDEX = 100
 _SKIN_PARTS = {"hand.L", "hand.R", "forearm.L", "forearm.R", "neck"}
@@ -52,7 +52,7 @@ class PersonResult:
 
 @dataclass
 class RenderResult:
-    rgba_png: Path  # Blender's render with a transparent background
+    rgba: np.ndarray  # (H, W, 4) uint8, top row first: Blender's render with a transparent background
     index: np.ndarray  # (H, W) int: 0 background, p+1 person p, 100+ occluders
     people: list[PersonResult]
     camera: dict
@@ -119,11 +119,12 @@ class BlenderRenderer:
             index = _read_index_exr(workdir / "index0001.exr")
         else:
             index = _workbench_index(bpy.context.scene, st, workdir)
+        rgba = readback.read_tga_rgba(workdir / "rgba.tga")
         t_index = time.perf_counter()
         _annotate(people, bodies, st, len(spec.occluders), cam_matrix, k)
         t_end = time.perf_counter()
         return RenderResult(
-            rgba_png=workdir / "rgba.png", index=index, people=people,
+            rgba=rgba, index=index, people=people,
             camera={"matrix": cam_matrix.round(6).tolist(), "focal_mm": spec.camera.focal_mm,
                     "elevation": spec.camera.elevation, "azimuth": spec.camera.azimuth, "roll": spec.camera.roll,
                     "fill": spec.camera.fill},
@@ -448,9 +449,8 @@ def _setup_render(sc, r: BlenderRenderer, workdir: Path) -> None:
     sc.view_settings.view_transform = "Standard"
     sc.view_settings.look = "None"
     sc.display_settings.display_device = "sRGB"
-    render.image_settings.file_format = "PNG"
+    render.image_settings.file_format = "TARGA_RAW"  # a scratch file read straight back, see readback.py
     render.image_settings.color_mode = "RGBA"
-    render.image_settings.compression = 0  # a scratch file read straight back: no time on zlib
     sc.frame_set(1)
     sc.use_nodes = r.engine == "cycles"
     if r.engine == "cycles":
@@ -482,8 +482,8 @@ def _setup_render(sc, r: BlenderRenderer, workdir: Path) -> None:
 def _per_image_settings(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, workdir: Path) -> None:
     render = sc.render
     render.resolution_x, render.resolution_y, render.resolution_percentage = spec.width, spec.height, 100
-    render.filepath = str(workdir / "rgba.png")
-    render.image_settings.color_depth = "8"
+    render.filepath = str(workdir / "rgba.tga")
+    render.image_settings.file_format = "TARGA_RAW"
     if r.engine == "cycles":
         sc.cycles.seed = spec.seed % (2**31)
         sc.node_tree.nodes["index_out"].base_path = str(workdir)
@@ -495,7 +495,7 @@ def _per_image_settings(sc, r: BlenderRenderer, spec: scene_mod.SceneSpec, workd
 
 def _read_index_exr(path: Path) -> np.ndarray:
     # Read with numpy, not bpy.data.images: no datablock churn, so no depsgraph rebuild after it.
-    index = np.rint(exr.read_channel(path)).astype(np.int32)
+    index = np.rint(readback.read_exr_channel(path)).astype(np.int32)
     os.unlink(path)
     return index
 
@@ -514,8 +514,9 @@ def _workbench_index(sc, st: _Stage, workdir: Path) -> np.ndarray:
     sc.display.render_aa = "OFF"
     render = sc.render
     render.filepath = str(workdir / "ids.png")
+    render.image_settings.file_format = "PNG"
     render.image_settings.color_depth = "16"
-    main = workdir / "rgba.png"
+    main = workdir / "rgba.tga"
     keep = main.read_bytes()
     bpy.ops.render.render(write_still=True)
     main.write_bytes(keep)
