@@ -206,6 +206,28 @@ def test_render_threads_share_the_cores_between_workers(monkeypatch):
     assert render_threads(SynthOptions(count=10, seed=0, workers=2, threads=3)) == 3
 
 
+def test_composite_shortcuts_equal_the_full_blend():
+    from posepipe.synth.worker import composite
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (40, 30, 4), dtype=np.uint8)
+    rgba[:10, :, 3], rgba[10:20, :, 3] = 0, 255  # clear and opaque rows; the rest partly covered
+    bg = rng.random((40, 30, 3), dtype=np.float32)
+    px = rgba.astype(np.float32) / 255.0
+    full = px[..., :3] * px[..., 3:4] + bg * (1 - px[..., 3:4])
+    assert (composite(rgba, bg)[..., :3] == np.clip(np.rint(full * 255), 0, 255).astype(np.uint8)).all()
+
+
+def test_tga_readback_orientation(tmp_path):
+    from posepipe.synth.renderer.readback import read_tga_rgba
+
+    rgba = np.arange(3 * 2 * 4, dtype=np.uint8).reshape(3, 2, 4)  # 3 rows, 2 columns, top row first
+    for desc, rows in ((0x08, rgba[::-1]), (0x28, rgba)):  # stored bottom-up, then top-down
+        header = bytes([0, 0, 2]) + bytes(9) + (2).to_bytes(2, "little") + (3).to_bytes(2, "little") + bytes([32, desc])
+        (tmp_path / "a.tga").write_bytes(header + rows[..., [2, 1, 0, 3]].tobytes())
+        assert (read_tga_rgba(tmp_path / "a.tga") == rgba).all()
+
+
 def test_background_pick_is_seeded_and_spread():
     from posepipe.synth.run import pick_background
 

@@ -89,9 +89,24 @@ KNOWN_POSE = textwrap.dedent("""
                        [S.LightSpec("SUN", 3.0, 6500, (1, 1, 1), -90.0, 45.0)], [],
                        S.BackgroundSpec("gradient", (0, 0, 0), (0, 0, 0), 0.0, 0.0), 0.5)
     cfg = S.SceneConfig(width=48, height=64, pose_attempts=1, max_interpenetration=10.0)
+    r = BlenderRenderer("cycles", 2, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        res = BlenderRenderer("cycles", 2, "cpu").render(spec, cfg, Path(tmp))
+        res = r.render(spec, cfg, Path(tmp))
     out = {"keypoints": res.people[0].keypoints.tolist(), "mask": (res.index == 1).astype(int).tolist()}
+    # The visibility rays (rays.py) against what Blender's scene.ray_cast meets in the rendered scene.
+    import bpy
+    from mathutils import Vector
+    slot, eye = r._stage.people[0], np.array(res.camera["matrix"])[:3, 3]
+    dg = bpy.context.evaluated_depsgraph_get()
+    w = res.people[0].world
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([w, w + rng.normal(0, 0.1, w.shape), w + rng.normal(0, 0.3, w.shape)])
+    ours = r._stage.rays.first_hits(eye, pts, slot.kinds, slot.matrices, np.zeros(len(slot.kinds)))
+    out["rays"] = []
+    for p, hit in zip(pts, ours):
+        d = float(np.linalg.norm(p - eye))
+        ok, loc, *_ = bpy.context.scene.ray_cast(dg, Vector(eye), Vector((p - eye) / d), distance=d)
+        out["rays"].append([float(np.linalg.norm(np.array(loc) - eye)) if ok else None, hit and hit[0]])
     sys.stdout.write("RESULT" + json.dumps(out) + "\\n")
     sys.stdout.flush()
     os._exit(0)
@@ -120,6 +135,10 @@ def test_known_pose_keypoints_land_on_the_body():
     assert kp[0, 1] < kp[5, 1] < kp[11, 1] < kp[13, 1] < kp[15, 1]
     # Arms abducted 45 degrees: the wrists are further out than the elbows, the elbows than the shoulders.
     assert kp[9, 0] > kp[7, 0] > kp[5, 0] and kp[10, 0] < kp[8, 0] < kp[6, 0]
+    # Our visibility rays meet what Blender's scene.ray_cast meets, at the same distance.
+    assert sum(theirs is not None for theirs, _ in out["rays"]) >= 20
+    for theirs, ours in out["rays"]:
+        assert (theirs is None) == (ours is None) and (theirs is None or abs(theirs - ours) < 1e-4), (theirs, ours)
 
 
 def test_workbench_masks_match_keypoints(tmp_path):

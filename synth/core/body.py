@@ -103,14 +103,17 @@ class Body:
         """(17,) how deep each keypoint may sit inside its own body. Computed on first use: only
         the pose finally kept needs it, not every re-drawn one."""
         tol = np.full(len(self.keypoints), FACE_TOLERANCE * self.scale)
-        for j in range(5, len(self.keypoints)):
-            tol[j] = _containing_radius(self.keypoints[j], self.capsules, self.radii)
+        tol[5:] = _containing_radii(self.keypoints[5:], self.capsules, self.radii)
         return tol
 
 
-def _point(rig: dict[str, tuple[np.ndarray, np.ndarray]], ref: tuple[str, str]) -> np.ndarray:
-    head, tail = rig[ref[0]]
-    return np.asarray(head if ref[1] == "head" else tail, dtype=np.float64)
+# Rows of the (bone, end) table build_body gathers points from: bone i's head is row 2i, its tail 2i + 1.
+def _row(ref: tuple[str, str]) -> int:
+    return 2 * RIG_BONES.index(ref[0]) + (ref[1] == "tail")
+
+
+_SEG_ROWS = np.array([[_row(c[2]), _row(c[3])] for c in _CAPSULES])
+_KP_ROWS = np.array([_row((bone, end)) for _, bone, end in KEYPOINT_BONES])
 
 
 def build_body(rig: dict[str, tuple[np.ndarray, np.ndarray]], head_deform: np.ndarray, scale: float,
@@ -119,11 +122,12 @@ def build_body(rig: dict[str, tuple[np.ndarray, np.ndarray]], head_deform: np.nd
 
     ``scale`` is the armature's uniform scale (radii are in metarig units and scale with it).
     """
-    segs = np.array([[_point(rig, c[2]), _point(rig, c[3])] for c in _CAPSULES])
+    table = np.array([end for name in RIG_BONES for end in rig[name]], dtype=np.float64)
+    segs = table[_SEG_ROWS]
     radii = np.array([c[4] * scale * (torso_width if c[5] == "torso" else limb_thickness) for c in _CAPSULES])
     head = head_deform @ _affine(HEAD_CENTER, HEAD_AXES)
     nose = head_deform @ _affine(NOSE_CENTER, np.full(3, NOSE_RADIUS))
-    kps = np.array([_point(rig, (bone, end)) for _, bone, end in KEYPOINT_BONES])
+    kps = table[_KP_ROWS]
     return Body(segs, radii, CAPSULE_NAMES, head, nose, kps, scale)
 
 
@@ -133,17 +137,19 @@ def _affine(center: np.ndarray, axes: np.ndarray) -> np.ndarray:
     return m
 
 
-def _containing_radius(point: np.ndarray, segs: np.ndarray, radii: np.ndarray) -> float:
-    """1.5 x the largest radius among the capsules holding ``point``.
+def _containing_radii(points: np.ndarray, segs: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Per point: 1.5 x the largest radius among the capsules holding it (else the smallest radius).
 
     A ray entering the limb obliquely (45 degrees) meets its surface ~1.4 radii before the axis.
     """
     a, b = segs[:, 0], segs[:, 1]
     ab = b - a
-    t = np.clip(np.einsum("ij,ij->i", point - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0, 1)
-    dist = np.linalg.norm(a + ab * t[:, None] - point, axis=1)
+    t = np.einsum("jki,ki->jk", points[:, None, :] - a[None], ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12)
+    t = np.clip(t, 0, 1)
+    dist = np.linalg.norm(a[None] + ab[None] * t[..., None] - points[:, None, :], axis=2)
     inside = dist <= radii
-    return float(radii[inside].max() * 1.5) if inside.any() else float(radii.min())
+    largest = np.where(inside, radii, -np.inf).max(axis=1)
+    return np.where(inside.any(axis=1), largest * 1.5, radii.min())
 
 
 def check_pairs() -> np.ndarray:

@@ -40,6 +40,7 @@ them (e.g. both shoulders near 180 flexion for ``arms_overhead``) and add a glob
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -111,12 +112,25 @@ def _extreme(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * rng.beta(0.5, 0.5))
 
 
+_DOF_LIMITS = {name: LIMITS[name.split(".")[0]] for name in DOFS}  # looked up per DOF per draw
+
+
 def clamp_to_limits(dofs: dict[str, float]) -> dict[str, float]:
     out = {}
     for name, value in dofs.items():
-        lo, hi = LIMITS[name.split(".")[0]]
+        lo, hi = _DOF_LIMITS.get(name) or LIMITS[name.split(".")[0]]
         out[name] = float(min(max(value, lo), hi))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_ranges(family: str) -> dict[str, tuple[float, float]]:
+    """DOF -> range that ``family`` fixes ("*" expanded to both sides). Do not mutate: cached."""
+    fixed: dict[str, tuple[float, float]] = {}
+    for key, rng_deg in FAMILIES[family]["dofs"].items():
+        for side in SIDES if key.endswith(".*") else ("",):
+            fixed[key[:-1] + side if side else key] = rng_deg
+    return fixed
 
 
 def sample_pose(rng: np.random.Generator, family: str | None = None, extremeness: float = 0.6) -> Pose:
@@ -130,13 +144,10 @@ def sample_pose(rng: np.random.Generator, family: str | None = None, extremeness
     if family not in FAMILIES:
         raise ValueError(f"unknown pose family {family!r}; known: {', '.join(FAMILY_NAMES)}")
     spec = FAMILIES[family]
-    fixed: dict[str, tuple[float, float]] = {}
-    for key, rng_deg in spec["dofs"].items():
-        for side in SIDES if key.endswith(".*") else ("",):
-            fixed[key[:-1] + side if side else key] = rng_deg
+    fixed = _fixed_ranges(family)
     dofs: dict[str, float] = {}
     for name in DOFS:
-        lo, hi = LIMITS[name.split(".")[0]]
+        lo, hi = _DOF_LIMITS[name]
         if name in fixed:
             a, b = fixed[name]
             dofs[name] = float(rng.uniform(a, b))

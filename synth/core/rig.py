@@ -29,10 +29,19 @@ _HEAD_REST_INV = np.linalg.inv(REST[body_mod.HEAD_BONE])
 
 def euler_xyz(x: float, y: float, z: float) -> np.ndarray:
     """3x3 of Blender's XYZ Euler (radians): X applied first, i.e. Rz @ Ry @ Rx."""
-    cx, sx, cy, sy, cz, sz = math.cos(x), math.sin(x), math.cos(y), math.sin(y), math.cos(z), math.sin(z)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return _euler_stack([(x, y, z)])[0]
+
+
+def _euler_stack(angles: list) -> np.ndarray:
+    """(N, 3, 3) XYZ Euler matrices, built in one batch (this runs for every pose re-draw)."""
+    n = len(angles)
+    cos = np.array([[math.cos(a) for a in e] for e in angles]).reshape(n, 3)
+    sin = np.array([[math.sin(a) for a in e] for e in angles]).reshape(n, 3)
+    rx, ry, rz = np.zeros((n, 3, 3)), np.zeros((n, 3, 3)), np.zeros((n, 3, 3))
+    rx[:, 0, 0] = ry[:, 1, 1] = rz[:, 2, 2] = 1.0
+    rx[:, 1, 1], rx[:, 1, 2], rx[:, 2, 1], rx[:, 2, 2] = cos[:, 0], -sin[:, 0], sin[:, 0], cos[:, 0]
+    ry[:, 0, 0], ry[:, 0, 2], ry[:, 2, 0], ry[:, 2, 2] = cos[:, 1], sin[:, 1], -sin[:, 1], cos[:, 1]
+    rz[:, 0, 0], rz[:, 0, 1], rz[:, 1, 0], rz[:, 1, 1] = cos[:, 2], -sin[:, 2], sin[:, 2], cos[:, 2]
     return rz @ ry @ rx
 
 
@@ -40,28 +49,31 @@ def pose_matrices(basis: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """bone -> 4x4 pose matrix in armature space; ``basis``: bone -> 3x3 local rotation (absent: rest)."""
     out: dict[str, np.ndarray] = {}
     for name in ORDER:
-        local = np.eye(4)
-        if name in basis:
-            local[:3, :3] = basis[name]
         parent = PARENT[name]
-        if parent is None:
-            out[name] = REST[name] @ local
-        else:
-            out[name] = out[parent] @ _REL[name] @ local
+        m = REST[name] if parent is None else out[parent] @ _REL[name]
+        rot = basis.get(name)
+        if rot is not None:  # a bone at rest has an identity basis: nothing to multiply
+            local = np.eye(4)
+            local[:3, :3] = rot
+            m = m @ local
+        out[name] = m
     return out
+
+
+_RIG_LENGTHS = np.array([LENGTH[name] for name in body_mod.RIG_BONES])
 
 
 def forward(basis: dict[str, np.ndarray], armature: np.ndarray) -> tuple[dict, np.ndarray]:
     """World (head, tail) of every bone :mod:`.body` needs, and the head bone's rest -> world deform."""
     pose = pose_matrices(basis)
-    rig = {}
-    for name in body_mod.RIG_BONES:
-        m = armature @ pose[name]
-        rig[name] = (m[:3, 3].copy(), (m @ np.array([0.0, LENGTH[name], 0.0, 1.0]))[:3])
+    world = armature @ np.stack([pose[name] for name in body_mod.RIG_BONES])
+    heads = world[:, :3, 3]
+    tails = heads + world[:, :3, 1] * _RIG_LENGTHS[:, None]  # the tail lies ``length`` along local +Y
+    rig = {name: (heads[i], tails[i]) for i, name in enumerate(body_mod.RIG_BONES)}
     head = body_mod.HEAD_BONE
     deform = armature @ pose[head] @ _HEAD_REST_INV
     return rig, deform
 
 
 def euler_basis(eulers: dict[str, tuple[float, float, float]]) -> dict[str, np.ndarray]:
-    return {bone: euler_xyz(*e) for bone, e in eulers.items()}
+    return dict(zip(eulers, _euler_stack(list(eulers.values()))))
