@@ -30,6 +30,9 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
                                 "names); --bvh-share of the people take a frame from a clip."),
         bvh_share: float = typer.Option(0.5, "--bvh-share", min=0.0, max=1.0,
                                         help="Share of people posed from the --bvh clips."),
+        rig: Optional[Path] = typer.Option(
+            None, "--rig", help="Joint-map JSON of your own rigged human (.glb/.gltf/.fbx, see docs/user_rig.md): "
+                                "people are that model, posed by retargeting, instead of the mannequin."),
         max_people: int = typer.Option(3, "--max-people", min=1, max=3, help="At most this many people per image."),
         device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or gpu."),
         threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: cores // workers)."),
@@ -56,7 +59,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         opts = SynthOptions(count=count, seed=seed, width=width, height=height, engine=engine, samples=samples,
                             workers=workers, source=source, format=fmt, device=device, threads=threads,
                             timeout=timeout, retries=retries, config=config, backgrounds=tuple(backgrounds or ()),
-                            bvh=tuple(str(b) for b in bvh or ()))
+                            bvh=tuple(str(b) for b in bvh or ()), rig=None if rig is None else str(rig))
         out_dir = report_dir or Path("reports") / opts.source_name()
         result = synth_run(PoseStore(store), opts, progress=RichProgress(not json_out), report_dir=out_dir)
         if json_out:

@@ -15,6 +15,7 @@ so a dead worker never leaves a partial result.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.store import PoseStore, validate_source_name
 
 from .core.scene import SceneConfig, unit_seed
+from .core.user_rig import load_joint_map
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SynthOptions:
     config: SceneConfig = field(default_factory=SceneConfig)
     backgrounds: tuple[str, ...] = ()  # store sources whose images are composited behind (else procedural)
     bvh: tuple[str, ...] = ()  # BVH mocap files: a second pose source (config.bvh_share of the people)
+    rig: str | None = None  # joint-map file of a user's own rigged human (docs/user_rig.md); else the mannequin
     # Test hooks: unit indices whose worker dies (or hangs) on its first launch instead of rendering.
     crash_on: tuple[int, ...] = ()
     hang_on: tuple[int, ...] = ()
@@ -98,6 +101,8 @@ def _validate(opts: SynthOptions) -> None:
         raise PosepipeError(f"--samples must be at least 1, got {opts.samples}")
     if not (8 <= opts.width <= 8192 and 8 <= opts.height <= 8192):
         raise PosepipeError(f"--resolution {opts.width}x{opts.height} is outside 8..8192")
+    if opts.rig is not None:
+        load_joint_map(opts.rig)  # a bad map or model path fails here, with its file and field named
     validate_source_name(opts.source_name())
     if not opts.source_name().startswith("synth/"):
         raise PosepipeError(f"--source {opts.source_name()!r} must start with 'synth/'")
@@ -128,7 +133,17 @@ def _unit_params(opts: SynthOptions, index: int, pool: list[dict]) -> dict:
               "engine": opts.engine, "samples": opts.samples, "format": opts.format}
     if pool:
         params["background"] = pick_background(pool, seed)
+    if opts.rig is not None:
+        params["rig"] = rig_fingerprint(opts.rig)
     return params
+
+
+def rig_fingerprint(map_path: str) -> dict:
+    """What a user rig contributes to a unit's parameters: an edited map or model renders anew."""
+    joint_map = load_joint_map(map_path)
+    digest = hashlib.sha256(Path(map_path).read_bytes())
+    digest.update(joint_map.model.read_bytes())
+    return {"map": Path(map_path).name, "model": joint_map.model.name, "sha256": digest.hexdigest()}
 
 
 def read_clips(paths: tuple[str, ...]) -> dict[str, tuple[str, int]]:
@@ -275,6 +290,7 @@ def _launch(slot: _Slot, opts: SynthOptions) -> None:
                    **({"background": {**p["background"], "path": p["_background_path"]}}
                       if p.get("background") else {})} for p in slot.pending],
         "bvh": {name: path for name, (path, _f) in read_clips(opts.bvh).items()},
+        "rig": None if opts.rig is None else str(Path(opts.rig).resolve()),
         "crash_on": list(opts.crash_on) if slot.launches == 1 else [],
         "hang_on": list(opts.hang_on) if slot.launches == 1 else [],
     }

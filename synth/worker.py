@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from .renderer.blender import BlenderRenderer
 
     renderer = BlenderRenderer(job["engine"], job["samples"], job.get("device", "auto"), job.get("threads", 0),
-                               clips=job.get("bvh"))
+                               clips=job.get("bvh"), rig=job.get("rig"))
     t_stage = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="posepipe-synth-") as tmp:
         # One-off work that used to fall into the first image's timing: done and timed up front and

@@ -25,6 +25,12 @@ def body_from_basis(basis: dict[str, np.ndarray], orientation: np.ndarray, perso
     return body_mod.build_body(bones, deform, person.height_scale, person.limb_thickness, person.torso_width)
 
 
+def metarig_basis(pose: Pose, bvh_basis=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(bone -> 3x3 local rotation, 3x3 global orientation) of a pose: what any body is posed from."""
+    basis = bvh_basis(pose) if pose.family == "bvh" else rig.euler_basis(bone_eulers(pose.dofs))
+    return basis, orientation_matrix(*pose.orientation)
+
+
 def body_for(pose: Pose, person) -> body_mod.Body:
     return body_from_basis(rig.euler_basis(bone_eulers(pose.dofs)), orientation_matrix(*pose.orientation), person)
 

@@ -35,7 +35,8 @@ from ..core import scene as scene_mod
 from ..core import visibility
 from ..core import posing, retarget
 from ..core.pose import Pose
-from . import rays, readback
+from ..core import user_rig as user_rig_core
+from . import rays, readback, user_rig
 
 OCCLUDER_INDEX = 100
 _SKIN_PARTS = {"hand.L", "hand.R", "forearm.L", "forearm.R", "neck"}
@@ -74,12 +75,13 @@ class BlenderRenderer:
     many images a worker rendered before it, which keeps same-seed output byte-identical."""
 
     def __init__(self, engine: str = "cycles", samples: int = 16, device: str = "auto", threads: int = 0,
-                 clips: dict[str, str] | None = None):
+                 clips: dict[str, str] | None = None, rig: str | None = None):
         if engine not in ("cycles", "workbench"):
             raise ValueError(f"unknown engine {engine!r}")
         self.engine, self.samples, self.threads = engine, samples, threads
         self.device = _pick_device(device) if engine == "cycles" else "CPU"
         self.clips = dict(clips or {})  # BVH clip name -> file
+        self.rig = rig  # joint-map file of a user's rigged human (people are that model, not the mannequin)
         self._stage: _Stage | None = None
 
     def stage(self, config: scene_mod.SceneConfig, workdir: Path) -> "_Stage":
@@ -94,16 +96,17 @@ class BlenderRenderer:
         people: list[PersonResult] = []
         bodies: list[body_mod.Body] = []
         for p, person in enumerate(spec.people):
+            # The mannequin's body also judges a user rig's pose (interpenetration): same metarig pose.
             body, pose, attempts, worst = posing.pose_person(person, config, st.clips.basis)
             bodies.append(body)
-            people.append(PersonResult(np.zeros((17, 3)), [None] * 17, body.keypoints, pose, attempts, worst))
-            st.people[p].place(body, person)
-        all_points = np.concatenate([b.keypoints for b in bodies])
+            world = st.people[p].place(body, person, pose, st.clips.basis)
+            people.append(PersonResult(np.zeros((17, 3)), [None] * 17, world, pose, attempts, worst))
+        all_points = np.concatenate([res.world for res in people])
         cam_matrix, k = scene_mod.place_camera(spec.camera, all_points, spec.width, spec.height)
         st.camera.matrix_world = Matrix(cam_matrix.tolist())
         st.camera.data.lens = spec.camera.focal_mm
         for o, occ in enumerate(spec.occluders):
-            target = bodies[occ.target].keypoints
+            target = people[occ.target].world
             centre = target.mean(axis=0)
             radius = float(np.linalg.norm(target - centre, axis=1).max())
             st.occluders[o].place(occ, scene_mod.place_occluder(occ, cam_matrix, centre, radius), st.meshes)
@@ -126,7 +129,10 @@ class BlenderRenderer:
             index = _workbench_index(bpy.context.scene, st, workdir)
         rgba = readback.read_tga_rgba(workdir / "rgba.tga")
         t_index = time.perf_counter()
-        _annotate(people, bodies, st, len(spec.occluders), cam_matrix, k)
+        if st.user_rig:
+            _annotate_user_rigs(people, st.people[:len(people)], cam_matrix, k)
+        else:
+            _annotate(people, bodies, st, len(spec.occluders), cam_matrix, k)
         t_end = time.perf_counter()
         return RenderResult(
             rgba=rgba, index=index, people=people,
@@ -159,6 +165,15 @@ def _annotate(people, bodies, st: "_Stage", occluders: int, cam_matrix, k) -> No
             v, res.occlusion[j] = visibility.decide(inside[i], dist[i], hit, p, tolerance)
             rows.append((xy[i][0], xy[i][1], v) if v else (0.0, 0.0, 0.0))
         res.keypoints[:] = rows
+
+
+def _annotate_user_rigs(people, slots: list["_UserRigSlot"], cam_matrix, k) -> None:
+    """Keypoints and visibility of user-rig people: Blender's rays against the skinned meshes."""
+    dg = bpy.context.evaluated_depsgraph_get()
+    owner = {mesh.name: q for q, slot in enumerate(slots) for mesh in slot.rig.meshes}
+    for p, (res, slot) in enumerate(zip(people, slots)):
+        res.keypoints[:], res.occlusion[:] = slot.rig.annotate(
+            res.world, cam_matrix, k, p, owner_of=lambda obj: owner.get(obj.name, -1), depsgraph=dg)
 
 
 def _pick_device(device: str) -> str:
@@ -198,8 +213,11 @@ class _Stage:
         self.meshes = _unit_meshes()
         self.rays = rays.UnitMeshRays(self.meshes)
         self.people, self.occluders = [], []
+        self.user_rig = r.rig is not None
+        joint_map = user_rig_core.load_joint_map(r.rig) if self.user_rig else None
         for p in range(MAX_PEOPLE):
-            self.people.append(_PersonSlot(p, self.meshes, self.people[0] if p else None))
+            self.people.append(_UserRigSlot(p, joint_map) if joint_map else
+                               _PersonSlot(p, self.meshes, self.people[0] if p else None))
         for o in range(max(config.max_occluders, 0)):
             self.occluders.append(_OccluderSlot(o, self.meshes, self.occluders[0] if o else None))
         self.lights = [_LightSlot(n) for n in range(MAX_LIGHTS)]
@@ -402,7 +420,8 @@ class _PersonSlot:
         self.collection.objects.link(self.obj)
         self.matrices = np.zeros((len(self.kinds), 4, 4))
 
-    def place(self, body: body_mod.Body, person: scene_mod.PersonSpec) -> None:
+    def place(self, body: body_mod.Body, person: scene_mod.PersonSpec, pose: Pose, clip_basis) -> np.ndarray:
+        """Shape the mannequin as ``body``; its world keypoints."""
         self.skin.set(self.obj, person.skin_rgb)
         self.shirt.set(self.obj, person.clothing_rgb, person.texture_scale)
         self.trousers.set(self.obj, person.trousers_rgb, person.texture_scale)
@@ -423,6 +442,23 @@ class _PersonSlot:
         self.mesh.vertices[0].co = self.world[0]
         self.mesh.update()
         self.matrices = _as_stored(matrices)
+        return body.keypoints
+
+
+class _UserRigSlot:
+    """Person p as the user's own rigged model (``docs/user_rig.md``): posed like the metarig by
+    retargeting, with the model's own materials and proportions (scaled by the person's height)."""
+
+    def __init__(self, p: int, joint_map):
+        self.collection = _slot_collection(f"person{p}")
+        self.rig = user_rig.UserRig(joint_map, pass_index=p + 1, collection=self.collection)
+
+    def place(self, body: body_mod.Body, person: scene_mod.PersonSpec, pose: Pose, clip_basis) -> np.ndarray:
+        basis, orientation = posing.metarig_basis(pose, clip_basis)
+        poser = self.rig.poser
+        posed = poser.pose(basis, poser.armature_matrix(orientation, person.location, person.height_scale))
+        self.rig.apply(posed)
+        return posed.keypoints
 
 
 def _smooth_normals(co: np.ndarray, corners: np.ndarray, sizes: np.ndarray) -> np.ndarray:
