@@ -225,9 +225,13 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
         out = Path(tmp)
         _stage_backgrounds(store, pool, todo, out)
         track = (progress or NoProgress()).track
-        for _ in track(_render(todo, opts, out, result), len(todo), f"rendering {len(todo)} images"):
-            pass
-        _write_store(store, source, opts, todo, out, result)
+        staged: dict[int, _Staged] = {}
+        by_index = {p["index"]: p for p in todo}
+        for index in track(_render(todo, opts, out, result), len(todo), f"rendering {len(todo)} images"):
+            # Rows are built as each image lands, while the workers render on: only the store's
+            # transaction (its lock, shard appends and commit) waits for the end.
+            staged[index] = _stage_unit(source, opts, by_index[index], out, result)
+        _write_store(store, source, opts, todo, staged)
     result.wall_seconds = time.perf_counter() - t0
     from .report import build_report, write_report
 
@@ -352,76 +356,91 @@ def _render(todo: list[dict], opts: SynthOptions, out: Path, result: SynthResult
                 slot.proc.wait()
 
 
-def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[dict], out: Path,
-                 result: SynthResult) -> None:
+@dataclass
+class _Staged:
+    """One unit's store rows, built as it lands; its image bytes stay in the worker's file."""
+    key: str
+    tables: dict[str, pa.Table]
+    image: Path | None = None
+    sha256: str = ""
+
+
+def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[dict],
+                 staged: dict[int, _Staged]) -> None:
     if not todo:
         return
+    with store.transaction(source) as tx:
+        for p in todo:  # in unit order, whatever order they landed in: same shard bytes every run
+            unit = staged[p["index"]]
+            if unit.image is not None:
+                tx.put_image(unit.image.read_bytes(), unit.sha256, opts.format)
+            tx.replace_file(unit.key, unit.tables)
+
+
+def _stage_unit(source: str, opts: SynthOptions, p: dict, out: Path, result: SynthResult) -> _Staged:
     ext = "jpg" if opts.format == "jpeg" else "png"
     stem = source.replace("/", "_")
-    with store.transaction(source) as tx:
-        for p in todo:
-            index, seed = p["index"], p["seed"]
-            key = file_key(source, seed)
-            digest = _params_hash(p)
-            batch_id = schema.short_hash(source, key, digest, length=12)
-            if index in result.failed:
-                # Read and rejected: the unit counts as one image read, and `posepipe rejects` lists why.
-                rejects = records.Rejects(source, key, batch_id)
-                rejects.add("image", seed, index, None, "render_failed",
-                            f"{key}: image {index} (seed {seed}) was not rendered: {result.failed[index]}",
-                            _public(p))
-                tx.replace_file(key, {"rejects": rejects.table(), "batches": _batch(
-                    source, key, digest, batch_id, 0, 0, {**p, "failed": result.failed[index]}, rejected=1)})
-                continue
-            w_dir = next(out.glob(f"w*/{index}.json")).parent
-            data = (w_dir / f"{index}.img").read_bytes()
-            ann = orjson.loads((w_dir / f"{index}.json").read_bytes())
-            sha = ann["sha256"]
-            tx.put_image(data, sha, opts.format)
-            image_id = schema.image_id_from_sha256(sha)
-            timing = ann["timing"]
-            result.rendered += 1
-            result.render_seconds += timing["render_seconds"]
-            result.unit_seconds += timing["unit_seconds"]
-            for phase, secs in timing.items():
-                result.phase_seconds[phase] = result.phase_seconds.get(phase, 0.0) + secs
-            provenance = {"generator": "posepipe-synth", "run_seed": opts.seed, "index": index, "seed": seed,
-                          "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
-                          "render_seconds": timing["render_seconds"], "camera": ann["camera"],
-                          "background": ann["background"] or "procedural"}
-            image_row = {
-                "image_id": image_id, "source": source, "source_image_id": index,
-                "file_name": f"{stem}_{index:06d}.{ext}", "width": ann["width"], "height": ann["height"],
-                "sha256": sha, "format": opts.format, "num_bytes": len(data), "license": None,
-                "provenance": records.to_json(provenance), "split": None, "source_file": key,
-                "record_index": 0, "batch_id": batch_id,
-            }
-            people = ann["people"]
-            scene_people = ann["scene"]["people"]
-            cols = {
-                "instance_id": [schema.instance_id(source, f"{seed}:{pp['person']}") for pp in people],
-                "image_id": [image_id] * len(people), "source": [source] * len(people),
-                "area": [pp["area"] for pp in people], "iscrowd": [False] * len(people),
-                "num_keypoints": [pp["num_keypoints"] for pp in people], "skeleton": ["coco17"] * len(people),
-                "source_annotation_id": [index * 10 + pp["person"] for pp in people],
-                "segmentation": [records.to_json(pp["segmentation"]) for pp in people],
-                "notes": [["bbox_from_mask", "area_from_mask"] for _ in people],
-                "attributes": [records.to_json(_attributes(pp, scene_people[pp["person"]], ann, opts))
-                               for pp in people],
-                "source_file": [key] * len(people), "record_index": [pp["person"] for pp in people],
-                "annotator": ["posepipe-synth"] * len(people), "batch_id": [batch_id] * len(people),
-            }
-            kp = np.array([pp["keypoints"] for pp in people], dtype=np.float32).reshape(-1, 17, 3)
-            boxes = np.array([pp["bbox"] for pp in people], dtype=np.float64).reshape(-1, 4)
-            result.images += 1
-            result.instances += len(people)
-            tx.replace_file(key, {
-                "images": records.images_table([image_row]),
-                "instances": records.instances_table(cols, kp, boxes),
-                "rejects": schema.empty_table("rejects"),
-                "batches": _batch(source, key, digest, batch_id, 1, len(people),
-                                  {**p, "hidden_people": ann["hidden_people"], "attempts": result.attempts.get(index)}),
-            })
+    index, seed = p["index"], p["seed"]
+    key = file_key(source, seed)
+    digest = _params_hash(p)
+    batch_id = schema.short_hash(source, key, digest, length=12)
+    if index in result.failed:
+        # Read and rejected: the unit counts as one image read, and `posepipe rejects` lists why.
+        rejects = records.Rejects(source, key, batch_id)
+        rejects.add("image", seed, index, None, "render_failed",
+                    f"{key}: image {index} (seed {seed}) was not rendered: {result.failed[index]}",
+                    _public(p))
+        return _Staged(key, {"rejects": rejects.table(), "batches": _batch(
+            source, key, digest, batch_id, 0, 0, {**p, "failed": result.failed[index]}, rejected=1)})
+    w_dir = next(out.glob(f"w*/{index}.json")).parent
+    image_path = w_dir / f"{index}.img"
+    num_bytes = image_path.stat().st_size
+    ann = orjson.loads((w_dir / f"{index}.json").read_bytes())
+    sha = ann["sha256"]
+    image_id = schema.image_id_from_sha256(sha)
+    timing = ann["timing"]
+    result.rendered += 1
+    result.render_seconds += timing["render_seconds"]
+    result.unit_seconds += timing["unit_seconds"]
+    for phase, secs in timing.items():
+        result.phase_seconds[phase] = result.phase_seconds.get(phase, 0.0) + secs
+    provenance = {"generator": "posepipe-synth", "run_seed": opts.seed, "index": index, "seed": seed,
+                  "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
+                  "render_seconds": timing["render_seconds"], "camera": ann["camera"],
+                  "background": ann["background"] or "procedural"}
+    image_row = {
+        "image_id": image_id, "source": source, "source_image_id": index,
+        "file_name": f"{stem}_{index:06d}.{ext}", "width": ann["width"], "height": ann["height"],
+        "sha256": sha, "format": opts.format, "num_bytes": num_bytes, "license": None,
+        "provenance": records.to_json(provenance), "split": None, "source_file": key,
+        "record_index": 0, "batch_id": batch_id,
+    }
+    people = ann["people"]
+    scene_people = ann["scene"]["people"]
+    cols = {
+        "instance_id": [schema.instance_id(source, f"{seed}:{pp['person']}") for pp in people],
+        "image_id": [image_id] * len(people), "source": [source] * len(people),
+        "area": [pp["area"] for pp in people], "iscrowd": [False] * len(people),
+        "num_keypoints": [pp["num_keypoints"] for pp in people], "skeleton": ["coco17"] * len(people),
+        "source_annotation_id": [index * 10 + pp["person"] for pp in people],
+        "segmentation": [records.to_json(pp["segmentation"]) for pp in people],
+        "notes": [["bbox_from_mask", "area_from_mask"] for _ in people],
+        "attributes": [records.to_json(_attributes(pp, scene_people[pp["person"]], ann, opts))
+                       for pp in people],
+        "source_file": [key] * len(people), "record_index": [pp["person"] for pp in people],
+        "annotator": ["posepipe-synth"] * len(people), "batch_id": [batch_id] * len(people),
+    }
+    kp = np.array([pp["keypoints"] for pp in people], dtype=np.float32).reshape(-1, 17, 3)
+    boxes = np.array([pp["bbox"] for pp in people], dtype=np.float64).reshape(-1, 4)
+    result.images += 1
+    result.instances += len(people)
+    return _Staged(key, {
+        "images": records.images_table([image_row]),
+        "instances": records.instances_table(cols, kp, boxes),
+        "rejects": schema.empty_table("rejects"),
+        "batches": _batch(source, key, digest, batch_id, 1, len(people),
+                          {**p, "hidden_people": ann["hidden_people"], "attempts": result.attempts.get(index)}),
+    }, image_path, sha)
 
 
 def _attributes(person: dict, scene_person: dict, ann: dict, opts: SynthOptions) -> dict:
