@@ -23,8 +23,18 @@ import orjson
 import pyarrow as pa
 
 _HEADER_LEN = 8  # bytes of the big-endian length that precedes the JSON header
-# Memory-backed where there is one: a disk file's page cache made the 70 MB hand-over 5x slower.
-_SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+_SHM = "/dev/shm"
+
+
+def _scratch_dir(expected_bytes: int) -> str | None:
+    """Memory-backed when it has room (a disk file's page cache made a 70 MB hand-over 5x slower);
+    containers often give /dev/shm only 64 MB, and then the default temporary folder is used."""
+    try:
+        free = os.statvfs(_SHM)
+    except OSError:
+        return None
+    room = free.f_bavail * free.f_frsize
+    return _SHM if os.access(_SHM, os.W_OK) and room >= 2 * expected_bytes else None
 
 
 class ChildFailed(Exception):
@@ -38,9 +48,11 @@ class ForkedChild:
     Use as a context manager: leaving it stops the child if it is still waiting or working.
     """
 
-    def __init__(self, prepare: Callable[[], Any], work: Callable[[Any, Any], tuple[dict, pa.Table]]):
-        self._message = tempfile.TemporaryFile(dir=_SCRATCH)
-        self._result = tempfile.TemporaryFile(dir=_SCRATCH)
+    def __init__(self, prepare: Callable[[], Any], work: Callable[[Any, Any], tuple[dict, pa.Table]],
+                 expected_bytes: int = 0):
+        scratch = _scratch_dir(expected_bytes)  # expected_bytes: about what the child hands back
+        self._message = tempfile.TemporaryFile(dir=scratch)
+        self._result = tempfile.TemporaryFile(dir=scratch)
         read_end, self._go = os.pipe()
         self._pid: int | None = os.fork()
         if self._pid == 0:

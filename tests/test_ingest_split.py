@@ -153,3 +153,13 @@ def test_small_files_and_single_cores_stay_in_one_process(monkeypatch):
     assert not coco_split.usable(b"{}")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert not coco_split.usable(b" " * coco_split.MIN_BYTES)
+
+
+def test_the_hand_over_leaves_a_small_dev_shm_alone(monkeypatch, tmp_path):
+    """Containers often mount a 64 MB /dev/shm: a hand-over larger than half its room goes to disk."""
+    from posepipe.datasets import forked
+
+    assert forked._scratch_dir(0) in (forked._SHM, None)
+    assert forked._scratch_dir(1 << 60) is None
+    monkeypatch.setattr(forked, "_SHM", str(tmp_path / "missing"))
+    assert forked._scratch_dir(0) is None
