@@ -42,6 +42,7 @@ class SynthSpec:
     height: int = 256
     engine: str = "cycles"  # or workbench (fast, flat shading)
     samples: int = 8  # render samples per pixel
+    rig: str | None = None  # joint-map file of your own rigged human (docs/user_rig.md); else the mannequin
     dask_address: str | None = None
 
     @classmethod
@@ -54,6 +55,13 @@ class SynthSpec:
         spec = cls(**values)
         if spec.images < 0 or spec.slices < 1 or spec.workers < 1:
             raise PosepipeError(f"{where}: images must be >= 0, slices and workers >= 1")
+        if spec.rig is not None:
+            from posepipe.synth.core.user_rig import load_joint_map
+
+            try:
+                load_joint_map(spec.rig)  # before any task starts: a bad map fails the run at once
+            except PosepipeError as exc:
+                raise PosepipeError(f"{where}.rig: {exc}") from None
         return spec
 
     @property
@@ -75,7 +83,7 @@ def render_slice(store: str, spec_dict: dict, run_seed: int, count: int) -> dict
 
     spec = SynthSpec(**spec_dict)
     opts = SynthOptions(count=count, seed=run_seed, width=spec.width, height=spec.height, engine=spec.engine,
-                        samples=spec.samples, workers=1, threads=1, source=spec.source)
+                        samples=spec.samples, workers=1, threads=1, source=spec.source, rig=spec.rig)
     result = synth_run(PoseStore(store), opts)
     if result.failed:
         index, reason = next(iter(result.failed.items()))

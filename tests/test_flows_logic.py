@@ -22,6 +22,8 @@ def test_seed_slices_cover_every_image_once():
     assert synth_flow.seed_slices(synth_flow.SynthSpec(images=1, slices=4, seed=0)) == [(0, 1)]
     with pytest.raises(PosepipeError, match="'colour' is not a setting"):
         synth_flow.SynthSpec.from_mapping({"colour": 1})
+    with pytest.raises(PosepipeError, match=r"pipeline.synth.rig: .*nope.json: joint map not found"):
+        synth_flow.SynthSpec.from_mapping({"rig": "nope.json"})
 
 
 def test_pipeline_config_reads_the_bundled_params():
