@@ -4,8 +4,9 @@ The scene is built once per worker (:class:`_Stage`) and only re-posed, moved an
 image. Poses are computed in numpy (``core/rig.py``, ``core/posing.py``); Blender is used for
 rendering, the index pass, visibility rays and reading BVH clips through its bundled importer.
 
-This is the only module that imports ``bpy``. It runs inside worker processes only (one Blender
-per process: bpy is not thread-safe and a renderer can abort its whole process), see worker.py.
+Only this package (``synth/renderer/``) imports ``bpy`` and Blender's ``mathutils``. It runs
+inside worker processes only (one Blender per process: bpy is not thread-safe and a renderer can
+abort its whole process), see worker.py.
 
 Per-person masks come from Cycles' object-index pass, written by the compositor to a float EXR
 (person p's mannequin carries ``pass_index = p + 1``, occluders 100+) and read back with numpy
@@ -13,6 +14,10 @@ Per-person masks come from Cycles' object-index pass, written by the compositor 
 image whose flat object colours encode the same indices. Visibility comes from rays cast from the
 camera to each joint against the placed primitives (``rays.py``: what ``scene.ray_cast`` finds,
 without rebuilding a BVH of each mannequin mesh every image).
+
+With a user rig (``--rig``, ``user_rig.py``) each person slot holds an imported copy of the user's
+model instead of a mannequin, posed by retargeting the same metarig pose; its visibility comes
+from ``scene.ray_cast`` against the skinned meshes.
 """
 
 from __future__ import annotations
