@@ -66,6 +66,7 @@ class _Ctx:
     full_verify: bool
     workers: int
     fast: bool
+    helper_process: bool
     progress: Progress
     report: IngestReport
     rejects: records.Rejects
@@ -119,11 +120,13 @@ def ingest_coco(
     workers: int = 8,
     progress: Progress | None = None,
     fast: bool = True,
+    helper_process: bool = True,
 ) -> IngestReport:
     """Ingest one COCO keypoint file (or MPII json list) and its images into ``source``.
 
-    ``fast=False`` forces the per-record annotation reader; the output is the same either way
-    (tests compare the two).
+    ``fast=False`` forces the per-record annotation reader (in this process); ``helper_process``
+    lets a large file be split with a forked helper (``coco_split``). The output is the same
+    either way (tests compare them).
     """
     path = Path(annotations)
     file_key = display_path(path)
@@ -149,7 +152,8 @@ def ingest_coco(
         ctx = _Ctx(
             tx=tx, source=source, file=file_key, batch_id=report.batch_id, images_dir=images_root,
             finder=_ImageFinder(images_root),
-            split=split, full_verify=full_verify, workers=workers, fast=fast, progress=progress or NoProgress(),
+            split=split, full_verify=full_verify, workers=workers, fast=fast, helper_process=helper_process,
+            progress=progress or NoProgress(),
             report=report, rejects=records.Rejects(source, file_key, report.batch_id),
         )
         instances = _read_file(ctx, data, skeleton)
@@ -179,7 +183,7 @@ def _read_file(ctx: _Ctx, data: bytes, skeleton: str | None):
 
     The parsed document lives only in this call: it is freed on return, while the cyclic
     collector is still paused, so the collector never walks it."""
-    if ctx.fast and coco_split.usable(data):
+    if ctx.fast and ctx.helper_process and coco_split.usable(data):
         table = coco_split.read(ctx, data, skeleton)
         if table is not coco_split.DECLINED:
             return table

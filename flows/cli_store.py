@@ -22,6 +22,9 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         split: Optional[str] = typer.Option(None, "--split", help="Split the source declares (train/val/test)."),
         full_verify: bool = typer.Option(False, "--full-verify", help="Decode every image fully (slower)."),
         workers: int = typer.Option(8, "--workers", min=1, help="Threads reading and hashing images."),
+        one_process: bool = typer.Option(
+            False, "--one-process", help="Read the annotations in this process only (by default a file of "
+            "16 MB or more is split with one forked helper process when this process may use a second core)."),
         store: Path = StoreOption,
         json_out: bool = JsonOption,
         strict: bool = StrictOption,
@@ -32,7 +35,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         from posepipe.datasets.store import PoseStore
 
         report = ingest_coco(PoseStore(store), annotations, images, source, skeleton=skeleton, split=split,
-                             full_verify=full_verify, workers=workers, progress=RichProgress(not json_out))
+                             full_verify=full_verify, workers=workers, progress=RichProgress(not json_out),
+                             helper_process=not one_process)
         if json_out:
             emit_json(report.to_dict())
         else:

@@ -168,3 +168,13 @@ def test_the_hand_over_leaves_a_small_dev_shm_alone(monkeypatch, tmp_path):
     assert forked._scratch_dir(1 << 60) is None
     monkeypatch.setattr(forked, "_SHM", str(tmp_path / "missing"))
     assert forked._scratch_dir(0) is None
+
+
+def test_one_process_option_keeps_the_annotations_here(tmp_path, train, monkeypatch):
+    """``ingest_coco(helper_process=False)`` (CLI ``--one-process``) never forks, whatever the size."""
+    outcomes = _split_always(monkeypatch)
+    ann = _write(tmp_path, train[0])
+    alone = coco.ingest_coco(PoseStore(tmp_path / "alone"), ann, train[1], "src", helper_process=False)
+    split = coco.ingest_coco(PoseStore(tmp_path / "split"), ann, train[1], "src")
+    assert outcomes == ["taken"] and alone.to_dict() == split.to_dict()
+    assert PoseStore(tmp_path / "alone").instances().equals(PoseStore(tmp_path / "split").instances())
