@@ -148,6 +148,18 @@ class PoseStore:
     def transaction(self, source: str) -> Iterator["Transaction"]:
         """Exclusive write access to one source; commits on normal exit, discards on error."""
         validate_source_name(source)
+        with self.exclusive():
+            tx = Transaction(self, source)
+            try:
+                yield tx
+            except BaseException:
+                tx.writer.abort()
+                raise
+            tx.commit()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The store's write lock (no other writer, no reader mid-commit), crashed commits recovered."""
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / "STORE.json"
         if not marker.exists():
@@ -159,13 +171,7 @@ class PoseStore:
                 if self.tables_dir.exists():
                     for source_dir in self.tables_dir.iterdir():
                         _recover(source_dir)
-                tx = Transaction(self, source)
-                try:
-                    yield tx
-                except BaseException:
-                    tx.writer.abort()
-                    raise
-                tx.commit()
+                yield
             finally:
                 self._writing = False
 

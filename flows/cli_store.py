@@ -87,6 +87,22 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         for r in rows:
             typer.echo(f"{r['source']}\t{r['kind']}\t{r['reason']}\t{r['message']}")
 
+    @app.command("gc")
+    def gc_cmd(
+        dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be deleted."),
+        store: Path = StoreOption,
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Delete image shards that no image row points to any more (and crashed writers' temporary files)."""
+        from posepipe.datasets.gc import collect_garbage
+        from posepipe.datasets.store import PoseStore
+
+        report = collect_garbage(PoseStore(store), dry_run=dry_run)
+        if json_out:
+            emit_json(report.to_dict())
+        else:
+            say(report.summary())
+
     @app.command("stats")
     def stats_cmd(
         source: Optional[List[str]] = typer.Option(None, "--source", help="Only these sources (repeatable)."),
