@@ -61,8 +61,11 @@ def read(ctx: coco._Ctx, data: bytes, skeleton_name: str | None) -> Any:
         return DECLINED
     # A cut between records makes two valid arrays; a cut inside a record or a string does not.
     second = raw[cut.end() - 1:]
-    # Its rows take about as many bytes as its half of the JSON.
-    with ForkedChild(lambda: orjson.loads(b"[" + second), _child_work(ctx), expected_bytes=second.nbytes) as child:
+    try:  # its rows take about as many bytes as its half of the JSON
+        child = ForkedChild(lambda: orjson.loads(b"[" + second), _child_work(ctx), expected_bytes=second.nbytes)
+    except OSError:
+        return DECLINED  # no fork or no scratch file (memory or process limits): one process reads it
+    with child:
         table = _read_first_half(ctx, child, top, raw[:cut.start() + 1], skeleton_name)
     if table is DECLINED:
         ctx.reset()

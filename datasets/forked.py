@@ -54,7 +54,14 @@ class ForkedChild:
         self._message = tempfile.TemporaryFile(dir=scratch)
         self._result = tempfile.TemporaryFile(dir=scratch)
         read_end, self._go = os.pipe()
-        self._pid: int | None = os.fork()
+        try:
+            self._pid: int | None = os.fork()
+        except OSError:
+            for fd in (read_end, self._go):
+                os.close(fd)
+            self._message.close()
+            self._result.close()
+            raise
         if self._pid == 0:
             os.close(self._go)
             _child(read_end, self._message.fileno(), self._result.fileno(), prepare, work)  # never returns

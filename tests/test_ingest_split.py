@@ -178,3 +178,14 @@ def test_one_process_option_keeps_the_annotations_here(tmp_path, train, monkeypa
     split = coco.ingest_coco(PoseStore(tmp_path / "split"), ann, train[1], "src")
     assert outcomes == ["taken"] and alone.to_dict() == split.to_dict()
     assert PoseStore(tmp_path / "alone").instances().equals(PoseStore(tmp_path / "split").instances())
+
+
+def test_no_fork_means_one_process(tmp_path, train, monkeypatch):
+    """Where the system refuses a fork (memory or process limits), the file is read here."""
+    def refuse():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    outcomes = _split_always(monkeypatch)
+    monkeypatch.setattr(os, "fork", refuse)
+    report, _ = _both_paths(tmp_path, _write(tmp_path, train[0]), train[1], monkeypatch)
+    assert outcomes == ["declined"] and report.annotations_accepted == len(train[0]["annotations"])
