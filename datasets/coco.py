@@ -468,7 +468,6 @@ class _Sound:
     sizes: np.ndarray  # (n, 2) width and height of each one's image
     image_ids: list[str]
     kp_field: str  # the keypoints field in use after the last record (Human-Art switches it)
-    seen: set | list  # every annotation id taken as an id (distinct), accepted or not
     fast: bool  # read by the column path
 
 
@@ -493,11 +492,13 @@ def _read_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skel
 
 
 def _check_annotations(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton,
-                       offset: int = 0) -> _Part:
-    """Check ``annotations`` (records ``offset``... of the file) and build their instance rows."""
-    sound = _sound_columns(ctx, annotations, category_id, skel, offset) if ctx.fast else None
+                       offset: int = 0, earlier_ids: frozenset = frozenset()) -> _Part:
+    """Check ``annotations`` (records ``offset``... of the file) and build their instance rows.
+
+    ``earlier_ids``: the ids records before ``offset`` took (a copy here is a duplicate)."""
+    sound = _sound_columns(ctx, annotations, category_id, skel, offset, earlier_ids) if ctx.fast else None
     if sound is None:
-        sound = _sound_records(ctx, annotations, category_id, skel, offset)
+        sound = _sound_records(ctx, annotations, category_id, skel, offset, earlier_ids)
     columns: dict[str, list] = {}
     bad = _vector_checks(sound.keypoints, sound.boxes, sound.sizes, sound.recs, skel, sound.kp_field, columns)
     vector_rejects = []
@@ -530,8 +531,13 @@ def finish_annotations(ctx: _Ctx, parts: list[_Part]) -> None:
     _add_notes(report, _note_combos(()), sum(p.note_counts for p in parts))
 
 
+def taken_ids(annotations: list) -> set[int]:
+    """The ids these records take, as the per-record loop counts them (for a later duplicate)."""
+    return {rid for rec in annotations if isinstance(rec, dict) and _is_int(rid := rec.get("id"))}
+
+
 def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skeleton,
-                   offset: int = 0) -> _Sound | None:
+                   offset: int = 0, earlier_ids: frozenset = frozenset()) -> _Sound | None:
     """Fast path for a well-formed file: each field pulled for all records at once, checked as a column.
 
     Returns None as soon as any record would be rejected by ``_sound_records`` (or is unusual in any
@@ -542,7 +548,7 @@ def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skel
         return None
     try:
         ids = [a["id"] for a in anns]
-        if set(map(type, ids)) != {int} or len(set(ids)) != n:
+        if set(map(type, ids)) != {int} or len(set(ids)) != n or not earlier_ids.isdisjoint(ids):
             return None
         if not all(map(operator.eq, [a["category_id"] for a in anns], itertools.repeat(category_id))):
             return None
@@ -577,15 +583,15 @@ def _sound_columns(ctx: _Ctx, anns: list, category_id: Any, skel: skeletons.Skel
     table = np.array([(w, h) for _, w, h in accepted.values()], dtype=np.float64).reshape(-1, 2)
     sizes = table[np.fromiter(map(slot.__getitem__, imgs), dtype=np.intp, count=n)]
     image_ids = [accepted[img][0] for img in imgs]
-    return _Sound(list(range(offset, offset + n)), anns, kp_arr, box_arr, sizes, image_ids, kp_field, ids, True)
+    return _Sound(list(range(offset, offset + n)), anns, kp_arr, box_arr, sizes, image_ids, kp_field, True)
 
 
 def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeletons.Skeleton,
-                   offset: int = 0) -> _Sound:
+                   offset: int = 0, earlier_ids: frozenset = frozenset()) -> _Sound:
     """The careful path: each record checked on its own, structural problems rejected in file order."""
     k = skel.num_joints
     kp_field = "keypoints"
-    seen: set[int] = set()
+    seen: set[int] = set(earlier_ids)
     # Structurally sound annotations, gathered for the vectorised checks.
     idx: list[int] = []
     kps: list[list] = []
@@ -657,7 +663,7 @@ def _sound_records(ctx: _Ctx, annotations: list, category_id: Any, skel: skeleto
     kp_arr = np.array(kps, dtype=np.float64).reshape(n, k, 3) if n else np.zeros((0, k, 3))
     box_arr = np.array(boxes, dtype=np.float64).reshape(n, 4) if n else np.zeros((0, 4))
     wh = np.array(sizes, dtype=np.float64).reshape(n, 2)
-    return _Sound(idx, [annotations[i - offset] for i in idx], kp_arr, box_arr, wh, image_ids, kp_field, seen, False)
+    return _Sound(idx, [annotations[i - offset] for i in idx], kp_arr, box_arr, wh, image_ids, kp_field, False)
 
 
 def _vector_checks(kp: np.ndarray, box: np.ndarray, wh: np.ndarray, recs: list[dict],

@@ -11,8 +11,9 @@ record. ``tests/test_ingest_split.py`` compares the two readers table by table a
 Anything unusual returns ``DECLINED`` before or after reading, and the caller runs the
 one-process reader, which owns every file-level message: a file that is not one JSON object
 holding the three lists, a cut that does not parse, a skeleton not settled by the first half,
-an annotation id in both halves, a keypoint-field switch (Human-Art) that one pass would carry
-across the cut, a value JSON cannot carry to the child, or a child that fails.
+a keypoint-field switch (Human-Art) that one pass would carry across the cut, a value JSON
+cannot carry to the child, or a child that fails. An id that the second half repeats from the
+first is rejected there as one pass would: the child is sent the ids the first half took.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def _read_first_half(ctx: coco._Ctx, child: ForkedChild, top: dict, first_record
     try:
         child.send({
             "offset": len(first), "category_id": category_id, "skeleton": dataclasses.asdict(skel),
+            "earlier_ids": list(coco.taken_ids(first)),  # so the child rejects a later copy as one pass does
             "accepted": [[k, *v] for k, v in ctx.accepted_images.items()],
             "rejected": list(ctx.rejected_images.items()),
         })
@@ -104,8 +106,6 @@ def _read_first_half(ctx: coco._Ctx, child: ForkedChild, top: dict, first_record
         return DECLINED
     theirs = coco._Part(header["read"], None, [tuple(v) for v in header["vector"]], table,
                         np.array(header["note_counts"], dtype=np.int64))
-    if not set(header["seen"]).isdisjoint(mine.sound.seen):
-        return DECLINED  # one pass rejects the second copy of an id: let it
     kp_field = mine.sound.kp_field
     if header["kp_field"] != kp_field or (kp_field != "keypoints" and not (mine.sound.fast and header["fast"])):
         return DECLINED
@@ -128,10 +128,11 @@ def _child_work(ctx: coco._Ctx):
             extra_fields=tuple((fld, tuple(names)) for fld, names in spec["extra_fields"]),
             counted_joints=spec["counted_joints"],
         )
-        part = coco._check_annotations(ctx, second, message["category_id"], skel, offset=message["offset"])
+        part = coco._check_annotations(ctx, second, message["category_id"], skel, offset=message["offset"],
+                                       earlier_ids=frozenset(message["earlier_ids"]))
         header = {
             "read": part.read, "structural": ctx.rejects.rows, "vector": part.vector_rejects,
-            "seen": list(part.sound.seen), "kp_field": part.sound.kp_field, "fast": part.sound.fast,
+            "kp_field": part.sound.kp_field, "fast": part.sound.fast,
             "note_counts": part.note_counts.tolist(),
         }
         return header, part.table

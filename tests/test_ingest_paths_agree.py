@@ -204,9 +204,8 @@ def test_bad_input_agrees(tmp_path, mini, monkeypatch, reader, case):
     if reader is None:
         assert fell_back == (0 if handled_fast else 1)
     else:
-        # NaN is no JSON, and here the copied id sits in the other half (only one pass can say
-        # which copy comes second): the split reader leaves both files to the one-process reader.
-        assert reader == ["declined" if case in ("keypoints_nan", "id_duplicate") else "taken"]
+        # NaN is no JSON: the split reader leaves that file to the one-process reader.
+        assert reader == ["declined" if case == "keypoints_nan" else "taken"]
     assert report.annotations_read == len(doc["annotations"])
     assert report.annotations_rejected == rejected
 

@@ -73,13 +73,15 @@ def test_rejects_from_both_halves_come_out_in_one_pass_order(tmp_path, train, mo
     assert report.annotations_rejected == 4 and report.annotations_read == len(doc["annotations"])
 
 
-def test_an_id_in_both_halves_is_left_to_one_pass(tmp_path, train, monkeypatch):
+def test_an_id_the_second_half_repeats_is_rejected_there_as_one_pass_does(tmp_path, train, monkeypatch):
     doc = copy.deepcopy(train[0])
     first, second = _halves(doc)
     second[0]["id"] = first[0]["id"]
+    second[1]["id"] = first[1]["id"]
+    second[1]["category_id"] = 7  # one pass sees the copied id before the category
     outcomes = _split_always(monkeypatch)
     report, _ = _both_paths(tmp_path, _write(tmp_path, doc), train[1], monkeypatch)
-    assert outcomes == ["declined"] and report.reasons == {"duplicate_annotation_id": 1}
+    assert outcomes == ["taken"] and report.reasons == {"duplicate_annotation_id": 2}
 
 
 def test_a_keypoint_field_switch_across_the_cut_is_left_to_one_pass(tmp_path, shared_data, monkeypatch):
