@@ -14,6 +14,7 @@ committing the rows that point to it.
 
 from __future__ import annotations
 
+import dataclasses
 import tarfile
 from dataclasses import dataclass, field
 
@@ -31,9 +32,7 @@ class GcReport:
     dead_bytes_kept: int = 0  # bytes of dead members inside those shards
 
     def to_dict(self) -> dict:
-        return {"dry_run": self.dry_run, "shards": self.shards, "deleted": self.deleted,
-                "deleted_bytes": self.deleted_bytes, "temporary": self.temporary,
-                "partly_dead": self.partly_dead, "dead_bytes_kept": self.dead_bytes_kept}
+        return dataclasses.asdict(self)
 
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"

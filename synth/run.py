@@ -125,7 +125,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _unit_params(opts: SynthOptions, index: int, pool: list[dict]) -> dict:
+def _unit_params(opts: SynthOptions, index: int, pool: list[dict], rig: dict | None = None) -> dict:
     cfg = dataclasses.asdict(opts.config)
     cfg.update(width=opts.width, height=opts.height)
     seed = unit_seed(opts.seed, index)
@@ -133,8 +133,8 @@ def _unit_params(opts: SynthOptions, index: int, pool: list[dict]) -> dict:
               "engine": opts.engine, "samples": opts.samples, "format": opts.format}
     if pool:
         params["background"] = pick_background(pool, seed)
-    if opts.rig is not None:
-        params["rig"] = rig_fingerprint(opts.rig)
+    if rig is not None:
+        params["rig"] = rig
     return params
 
 
@@ -217,7 +217,8 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
     if clips:
         opts = dataclasses.replace(opts, config=dataclasses.replace(
             opts.config, bvh_clips=tuple((name, frames) for name, (_path, frames) in clips.items())))
-    params = [_unit_params(opts, i, pool) for i in range(opts.count)]
+    rig = None if opts.rig is None else rig_fingerprint(opts.rig)  # the model is hashed once a run
+    params = [_unit_params(opts, i, pool, rig) for i in range(opts.count)]
     done = _already_done(store, source, params)
     todo = [p for p in params if p["index"] not in done]
     result.unchanged = len(params) - len(todo)

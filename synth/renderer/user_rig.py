@@ -121,9 +121,8 @@ class UserRig:
                 collection.objects.link(obj)
         self._detach(arm)
         rest = rest_of(arm)
-        core.check_bones(joint_map, rest)
+        self.poser = core.UserRigPoser(rest, joint_map, np.array(arm.matrix_world))  # checks the map's bones
         _check_inheritance(arm, joint_map)
-        self.poser = core.UserRigPoser(rest, joint_map, np.array(arm.matrix_world))
         for pb in arm.pose.bones:
             pb.rotation_mode = "QUATERNION"
             for con in pb.constraints:  # imported IK etc. would fight the numpy pose
@@ -173,14 +172,8 @@ class UserRig:
 
     def blender_keypoints(self, depsgraph=None) -> np.ndarray:
         """(17, 3) world keypoints from Blender's posed bones and the joint map."""
-        pose = self.blender_pose(depsgraph)
-        out = np.empty((17, 3))
-        for j, ref in enumerate(self.joint_map.keypoints):
-            length = self.poser.rest.length[ref.bone]
-            local = np.array([ref.local[0], ref.local[1] + ref.fraction(), ref.local[2], 0.0]) * length
-            local[3] = 1.0
-            out[j] = (pose[ref.bone] @ local)[:3]
-        return out
+        # Blender's pose matrices are already in world space: no armature matrix on top.
+        return core.keypoints(self.poser.rest, self.joint_map, self.blender_pose(depsgraph), np.eye(4))
 
     def _trees(self, depsgraph) -> list[BVHTree]:
         """World-space BVH of each evaluated (skinned) mesh."""
