@@ -9,10 +9,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pyarrow is imported where a table is written: Blender workers write bytes only
+    import pyarrow as pa
 
 
 @contextlib.contextmanager
@@ -47,5 +47,7 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def write_parquet(target: str | os.PathLike, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")

@@ -58,6 +58,9 @@ class SynthOptions:
     backgrounds: tuple[str, ...] = ()  # store sources whose images are composited behind (else procedural)
     bvh: tuple[str, ...] = ()  # BVH mocap files: a second pose source (config.bvh_share of the people)
     rig: str | None = None  # joint-map file of a user's own rigged human (docs/user_rig.md); else the mannequin
+    # Numpy work (scene sampling, posing, compositing, encoding) in a helper thread beside each
+    # render call; False does it all between render calls: the baseline bench/synth.py compares.
+    pipeline: bool = True
     # Test hooks: unit indices whose worker dies (or hangs) on its first launch instead of rendering.
     crash_on: tuple[int, ...] = ()
     hang_on: tuple[int, ...] = ()
@@ -286,11 +289,22 @@ class _Slot:
     launches: int = 0
 
 
+def _culprit(slot: _Slot) -> int:
+    """Position in ``slot.pending`` of the unit a dead or stalled worker was rendering: the last one
+    it marked as started. Units before it whose results are missing were still being written by
+    the worker's helper thread; they are rendered again, without counting an attempt against them."""
+    started = [n for n, p in enumerate(slot.pending) if (slot.job_dir / f"{p['index']}.rendering").exists()]
+    return started[-1] if started else 0
+
+
 def _launch(slot: _Slot, opts: SynthOptions) -> None:
     slot.launches += 1
+    for marker in slot.job_dir.glob("*.rendering"):  # only this launch's marks count
+        marker.unlink()
     job = {
         "out": str(slot.job_dir), "engine": opts.engine, "samples": opts.samples, "format": opts.format,
-        "device": opts.device, "threads": render_threads(opts), "config": slot.pending[0]["config"],
+        "device": opts.device, "threads": render_threads(opts), "pipeline": opts.pipeline,
+        "config": slot.pending[0]["config"],
         "units": [{"index": p["index"], "seed": p["seed"],
                    **({"background": {**p["background"], "path": p["_background_path"]}}
                       if p.get("background") else {})} for p in slot.pending],
@@ -341,11 +355,12 @@ def _render(todo: list[dict], opts: SynthOptions, out: Path, result: SynthResult
                     if (slot.job_dir / f"{slot.pending[0]['index']}.json").exists():
                         continue  # it finished the unit just before exiting: collect it next round
                     reason = f"worker exited with code {code}"
-                index = slot.pending[0]["index"]
+                at = _culprit(slot)
+                index = slot.pending[at]["index"]
                 result.attempts[index] = result.attempts.get(index, 0) + 1
                 if result.attempts[index] > opts.retries:
                     result.failed[index] = f"{reason} (after {result.attempts[index]} attempts)"
-                    slot.pending.pop(0)
+                    slot.pending.pop(at)
                     yield index
                 if slot.pending:
                     _launch(slot, opts)

@@ -2,18 +2,28 @@
 
 Run as ``python -m posepipe.synth.worker JOB.json``. For each unit it writes ``<index>.img`` and
 then ``<index>.json`` into the job's output folder, each atomically, so the parent sees either a
-whole result or none. The parent process is the only writer of the store.
+whole result or none, and an empty ``<index>.rendering`` just before Blender renders it, so that
+if the process dies the parent knows which unit it died on. The parent process is the only
+writer of the store.
+
+The main thread does everything that touches Blender (bpy is not thread-safe): building the
+image's scene, the render call, reading the render back, casting visibility rays. One helper
+thread does the numpy work on either side of it, while the main thread is in the render call
+(which releases the GIL): sampling the next unit's scene, poses and background, and compositing,
+encoding, masking and writing the previous unit's results. Every unit's output depends only on its
+seed, so the overlap changes no bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,101 +31,49 @@ import orjson
 
 from posepipe.datasets import atomic
 
+from . import image
+from .core import posing
 from .core import scene as scene_mod
-
-
-def background(spec: scene_mod.BackgroundSpec, width: int, height: int, seed: int,
-               photo: str | None = None) -> np.ndarray:
-    """(H, W, 3) float 0..1: a real photo (scaled to cover the frame, centre-cropped) when given,
-    else a vertical gradient with seeded noise."""
-    if photo:
-        from PIL import Image
-
-        with Image.open(photo) as im:
-            im = im.convert("RGB")
-            scale = max(width / im.width, height / im.height)
-            w, h = max(width, round(im.width * scale)), max(height, round(im.height * scale))
-            im = im.resize((w, h), Image.BILINEAR)
-            left, top = (w - width) // 2, (h - height) // 2
-            return np.asarray(im.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
-    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    top, bottom = np.array(spec.top_rgb, np.float32), np.array(spec.bottom_rgb, np.float32)
-    img = top * (1 - t) + bottom * t
-    noise = np.random.default_rng(seed).normal(0, spec.noise, (height, width, 1)).astype(np.float32)
-    out = np.add(img, noise)  # broadcasts to (H, W, 3)
-    return np.clip(out, 0, 1, out=out)
-
-
-def composite(rgba: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Blender's RGBA render (straight, unpremultiplied alpha) over the background, as (H, W, 4)
-    uint8 RGBX (the 4th byte is padding: 4-byte pixels let opaque ones be copied as one word).
-
-    Only partly covered pixels need the blend; clear ones take the background and opaque ones the
-    render. Those two shortcuts give exactly what the blend would, and most pixels are one or the
-    other, so this costs a fraction of blending the whole frame.
-    """
-    rgba = np.ascontiguousarray(rgba)
-    alpha = rgba[..., 3]
-    out = np.empty(rgba.shape, np.uint8)
-    np.rint(bg * 255, out=out[..., :3], casting="unsafe")  # bg is within 0..1
-    opaque = alpha == 255
-    np.copyto(out.view(np.uint32), rgba.view(np.uint32), where=opaque[..., None])
-    edge = (alpha > 0) & ~opaque
-    px = rgba[edge].astype(np.float32) / 255.0
-    a = px[:, 3:4]
-    out[..., :3][edge] = np.clip(np.rint((px[:, :3] * a + bg[edge] * (1 - a)) * 255), 0, 255).astype(np.uint8)
-    return out
-
-
-def encode(rgbx: np.ndarray, fmt: str) -> bytes:
-    """PNG or JPEG (RGB, no metadata) of an (H, W, 4) uint8 RGBX image."""
-    from PIL import Image
-
-    out = Image.frombytes("RGB", (rgbx.shape[1], rgbx.shape[0]), rgbx.tobytes(), "raw", "RGBX")
-    buf = io.BytesIO()
-    if fmt == "jpeg":
-        out.save(buf, format="JPEG", quality=92, optimize=False)
-    else:
-        out.save(buf, format="PNG", compress_level=1)  # level 1: ~4x faster than 6, files ~10% larger
-    return buf.getvalue()
-
-
-def mask_annotation(mask: np.ndarray) -> dict | None:
-    """bbox, area and COCO RLE of a boolean mask; None when the mask is empty."""
-    from pycocotools import mask as mask_utils
-
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    rle = mask_utils.encode(np.asfortranarray(mask.view(np.uint8)))
-    return {
-        "bbox": [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)],
-        "area": float(np.count_nonzero(mask)),
-        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-    }
 
 
 def _config(job: dict) -> scene_mod.SceneConfig:
     return scene_mod.SceneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
 
 
-def run_unit(renderer, unit: dict, job: dict, tmp: Path) -> tuple[bytes, dict]:
+@dataclass
+class Prepared:
+    """A unit's scene before Blender sees it: the sampled spec, its background and its people's
+    poses (mocap people excepted: Blender reads their clips, on the main thread)."""
+    unit: dict
+    spec: scene_mod.SceneSpec
+    background: np.ndarray  # (H, W, 3) uint8
+    world_rgb: tuple[float, float, float] | None
+    posed: list[tuple | None]
+    seconds: float
+
+
+def prepare(unit: dict, cfg: scene_mod.SceneConfig) -> Prepared:
+    """numpy only: safe in the helper thread while the main thread renders."""
     t0 = time.perf_counter()
-    cfg = _config(job)
     spec = scene_mod.sample_scene(unit["seed"], cfg)
     photo = unit.get("background")
-    bg = background(spec.background, spec.width, spec.height, unit["seed"], photo and photo["path"])
+    bg = image.background(spec.background, spec.width, spec.height, unit["seed"], photo and photo["path"])
     world_rgb = None
     if photo:
         spec.background.kind = "store"
-        # Ambient light takes the photo's mean colour (sRGB -> roughly linear), so the person sits in it.
-        world_rgb = tuple(float(c) ** 2.2 for c in bg.reshape(-1, 3).mean(axis=0))
-    result = renderer.render(spec, cfg, tmp, world_rgb=world_rgb)
-    t_rendered = time.perf_counter()
-    data = encode(composite(result.rgba, bg), job["format"])
+        world_rgb = image.mean_linear_rgb(bg)  # ambient light takes the photo's colour: the person sits in it
+    posed = [None if person.pose.family == "bvh" else posing.pose_person(person, cfg) for person in spec.people]
+    return Prepared(unit, spec, bg, world_rgb, posed, time.perf_counter() - t0)
+
+
+def annotate(prep: Prepared, result, fmt: str, timing: dict) -> tuple[bytes, dict]:
+    """numpy only: the unit's image bytes and its annotation record."""
+    t0 = time.perf_counter()
+    unit, spec, photo = prep.unit, prep.spec, prep.unit.get("background")
+    data = image.encode(image.composite(result.rgba, prep.background), fmt)
     people, hidden = [], []
     for p, person in enumerate(result.people):
-        ann = mask_annotation(result.index == p + 1)
+        ann = image.mask_annotation(result.index == p + 1)
         if ann is None:
             hidden.append(p)  # nothing of this person reaches the image
             continue
@@ -131,26 +89,105 @@ def run_unit(renderer, unit: dict, job: dict, tmp: Path) -> tuple[bytes, dict]:
         sp["pose"] = person.pose.to_dict()  # the pose actually rendered (after re-draws)
     annotation = {
         "index": unit["index"], "seed": unit["seed"], "width": spec.width, "height": spec.height,
-        "format": job["format"], "sha256": hashlib.sha256(data).hexdigest(), "engine": result.engine,
+        "format": fmt, "sha256": hashlib.sha256(data).hexdigest(), "engine": result.engine,
         "samples": result.samples, "device": result.device, "people": people, "hidden_people": hidden,
         "camera": result.camera, "scene": spec_dict,
         "background": {k: v for k, v in photo.items() if k != "path"} if photo else None,
         # Timings vary run to run; they live apart so the rest is byte-identical per seed.
-        "timing": {"render_seconds": round(result.render_seconds, 4),
-                   "unit_seconds": round(time.perf_counter() - t0, 4),
-                   "encode_seconds": round(time.perf_counter() - t_rendered, 4),
-                   **{k: round(v, 4) for k, v in result.timings.items()}},
+        "timing": {k: round(v, 4) for k, v in
+                   {**timing, **result.timings, "render_seconds": result.render_seconds,
+                    "prepare": prep.seconds, "encode_seconds": time.perf_counter() - t0}.items()},
     }
     return data, annotation
+
+
+def finish(prep: Prepared, result, timing: dict, *, fmt: str, out: Path) -> None:
+    data, annotation = annotate(prep, result, fmt, timing)
+    index = prep.unit["index"]
+    # Scratch files the parent reads moments later: atomic (never seen half-written), not
+    # fsynced (the store's commit is what must survive a crash; 2 fsyncs cost ~2 ms an image).
+    atomic.write_bytes(out / f"{index}.img", data, durable=False)
+    atomic.write_bytes(out / f"{index}.json", orjson.dumps(annotation), durable=False)
+
+
+class _Inline:
+    """An executor that runs each task at once, on the calling thread: the serial baseline
+    (``SynthOptions.pipeline=False``) through the same loop."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - re-raised by future.result(), as a thread's would be
+            future.set_exception(e)
+        return future
+
+
+def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict,
+              crash_on: frozenset = frozenset(), hang_on: frozenset = frozenset()) -> None:
+    """Render ``units`` in order, pipelined: the helper thread's work for unit k-1 (finish) and
+    unit k+1 (prepare) is handed over just as Blender's render call for unit k starts, so it runs
+    while the main thread waits in that call rather than competing with it for the GIL while it
+    builds the scene."""
+    out, fmt, cfg = Path(job["out"]), job["format"], _config(job)
+    units = [u for u in units if not (out / f"{u['index']}.json").exists()]
+    if not units:
+        return
+    pipelined = job.get("pipeline", True)
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="posepipe-synth-numpy") if pipelined
+          else _Inline()) as helper:
+        next_prep: Future = helper.submit(prepare, units[0], cfg)
+        finishing: Future | None = None
+        done: tuple | None = None  # the previous unit's (prepared, result, timing), to finish
+        t_cycle = time.perf_counter()
+        for k, unit in enumerate(units):
+            prep = next_prep.result()
+
+            handed: list[bool] = []
+
+            def hand_over(k=k, done=done, handed=handed):
+                nonlocal next_prep, finishing
+                if handed:
+                    return
+                handed.append(True)
+                if done is not None:
+                    finishing = helper.submit(finish, *done, fmt=fmt, out=out)
+                if k + 1 < len(units):
+                    next_prep = helper.submit(prepare, units[k + 1], cfg)
+
+            (out / f"{unit['index']}.rendering").touch()
+            # Test hooks, acting as a failure inside the render call would: a crash loses the
+            # previous unit's results (the parent must not blame that unit); a hang does not.
+            if unit["index"] in crash_on:
+                os._exit(3)
+            if unit["index"] in hang_on:
+                hand_over()
+                time.sleep(3600)
+            result = renderer.render(prep.spec, cfg, workdir, world_rgb=prep.world_rgb, posed=prep.posed,
+                                     on_render=hand_over)
+            hand_over()  # a no-op: the renderer calls it just before its render call
+            if finishing is not None:
+                finishing.result()  # the previous unit is written (and its errors raised here)
+            now = time.perf_counter()
+            # unit_seconds: this unit's share of the main thread's wall time, so that over a run
+            # they add up to the loop's wall time, whatever ran beside the render call.
+            done = (prep, result, {"unit_seconds": now - t_cycle, **setup})
+            setup, t_cycle = {}, now  # the worker's one-off setup rides on its first image only
+        finish(*done, fmt=fmt, out=out)
 
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text())
-    out = Path(job["out"])
     # Test hooks: indices whose worker dies, or hangs, instead of rendering them.
-    crash_on, hang_on = set(job.get("crash_on", [])), set(job.get("hang_on", []))
+    crash_on, hang_on = frozenset(job.get("crash_on", [])), frozenset(job.get("hang_on", []))
     from .renderer.blender import BlenderRenderer
 
     renderer = BlenderRenderer(job["engine"], job["samples"], job.get("device", "auto"), job.get("threads", 0),
@@ -159,27 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="posepipe-synth-") as tmp:
         # One-off work that used to fall into the first image's timing: done and timed up front and
         # reported apart from the images (and within the whole setup, which adds Blender's import).
-        import PIL.Image
         import pycocotools.mask  # noqa: F401
 
-        PIL.Image.preinit()  # the PNG/JPEG plugins, otherwise loaded by the first save
         renderer.stage(_config(job), Path(tmp))
         t_ready = time.perf_counter()
-        setup = {"worker_setup_seconds": round(t_ready - t0, 4), "stage_seconds": round(t_ready - t_stage, 4)}
-        for unit in job["units"]:
-            if (out / f"{unit['index']}.json").exists():
-                continue
-            if unit["index"] in crash_on:
-                os._exit(3)
-            if unit["index"] in hang_on:
-                time.sleep(3600)
-            data, annotation = run_unit(renderer, unit, job, Path(tmp))
-            annotation["timing"].update(setup)  # on this worker's first image only
-            setup = {}
-            # Scratch files the parent reads moments later: atomic (never seen half-written), not
-            # fsynced (the store's commit is what must survive a crash; 2 fsyncs cost ~2 ms an image).
-            atomic.write_bytes(out / f"{unit['index']}.img", data, durable=False)
-            atomic.write_bytes(out / f"{unit['index']}.json", orjson.dumps(annotation), durable=False)
+        setup = {"worker_setup_seconds": t_ready - t0, "stage_seconds": t_ready - t_stage}
+        run_units(renderer, job["units"], job, Path(tmp), setup, crash_on, hang_on)
     sys.stdout.flush()
     sys.stderr.flush()
     # Leaving through Blender's own exit can hang after an add-on error; everything is written.

@@ -207,15 +207,39 @@ def test_render_threads_share_the_cores_between_workers(monkeypatch):
 
 
 def test_composite_shortcuts_equal_the_full_blend():
-    from posepipe.synth.worker import composite
+    from posepipe.synth.image import composite
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (40, 30, 4), dtype=np.uint8)
     rgba[:10, :, 3], rgba[10:20, :, 3] = 0, 255  # clear and opaque rows; the rest partly covered
-    bg = rng.random((40, 30, 3), dtype=np.float32)
+    bg = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
     px = rgba.astype(np.float32) / 255.0
-    full = px[..., :3] * px[..., 3:4] + bg * (1 - px[..., 3:4])
+    full = px[..., :3] * px[..., 3:4] + bg.astype(np.float32) / 255.0 * (1 - px[..., 3:4])
     assert (composite(rgba, bg)[..., :3] == np.clip(np.rint(full * 255), 0, 255).astype(np.uint8)).all()
+
+
+def test_png_writer_decodes_to_the_same_pixels_and_carries_no_metadata():
+    import io
+
+    from PIL import Image
+
+    from posepipe.synth.image import png_rgb
+
+    rng = np.random.default_rng(1)
+    for h, w in ((1, 1), (5, 7), (64, 48)):
+        rgbx = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+        data = png_rgb(rgbx)
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # checks every chunk's CRC and the zlib stream
+            assert im.mode == "RGB" and im.size == (w, h) and not im.info
+            assert (np.asarray(im) == rgbx[..., :3]).all()
+        assert png_rgb(rgbx) == data  # same pixels, same bytes
+        chunks, at = [], 8
+        while at < len(data):
+            n = int.from_bytes(data[at:at + 4], "big")
+            chunks.append(data[at + 4:at + 8])
+            at += 12 + n
+        assert chunks == [b"IHDR", b"IDAT", b"IEND"]
 
 
 def test_tga_readback_orientation(tmp_path):

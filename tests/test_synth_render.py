@@ -65,8 +65,11 @@ def test_visible_keypoints_lie_on_their_own_mask(rendered):
     assert hits / total >= 0.99, f"{hits}/{total} visible keypoints on their own mask"
 
 
-def test_same_seed_gives_identical_bytes(rendered, tmp_path):
-    again = _run_worker(tmp_path, "b", [5, 2])  # other order, other process, other preceding scenes
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
+def test_same_seed_gives_identical_bytes(rendered, tmp_path, pipeline):
+    # Other order, other process, other preceding scenes; and the numpy work on the main thread
+    # (serial) instead of beside the render calls (pipelined, as `rendered` was).
+    again = _run_worker(tmp_path, "b", [5, 2], pipeline=pipeline)
     for i in (2, 5):
         assert (again / f"{i}.img").read_bytes() == (rendered / f"{i}.img").read_bytes()
         a = json.loads((rendered / f"{i}.json").read_text())

@@ -32,6 +32,8 @@ import numpy as np
 
 from posepipe.datasets.schema import COCO17_JOINTS
 
+from .collision import penetrations
+
 # (COCO joint, bone, "head" or "tail")
 KEYPOINT_BONES: tuple[tuple[str, str, str], ...] = (
     ("nose", "nose.001", "tail"),
@@ -107,9 +109,9 @@ class Body:
         return tol
 
 
-# Rows of the (bone, end) table build_body gathers points from: bone i's head is row 2i, its tail 2i + 1.
+# Rows of the (bone, end) table build_body gathers points from: the heads of RIG_BONES, then their tails.
 def _row(ref: tuple[str, str]) -> int:
-    return 2 * RIG_BONES.index(ref[0]) + (ref[1] == "tail")
+    return RIG_BONES.index(ref[0]) + len(RIG_BONES) * (ref[1] == "tail")
 
 
 _SEG_ROWS = np.array([[_row(c[2]), _row(c[3])] for c in _CAPSULES])
@@ -122,19 +124,36 @@ def build_body(rig: dict[str, tuple[np.ndarray, np.ndarray]], head_deform: np.nd
 
     ``scale`` is the armature's uniform scale (radii are in metarig units and scale with it).
     """
-    table = np.array([end for name in RIG_BONES for end in rig[name]], dtype=np.float64)
-    segs = table[_SEG_ROWS]
-    radii = np.array([c[4] * scale * (torso_width if c[5] == "torso" else limb_thickness) for c in _CAPSULES])
-    head = head_deform @ _affine(HEAD_CENTER, HEAD_AXES)
-    nose = head_deform @ _affine(NOSE_CENTER, np.full(3, NOSE_RADIUS))
-    kps = table[_KP_ROWS]
-    return Body(segs, radii, CAPSULE_NAMES, head, nose, kps, scale)
+    heads = np.array([rig[name][0] for name in RIG_BONES], dtype=np.float64)
+    tails = np.array([rig[name][1] for name in RIG_BONES], dtype=np.float64)
+    return build_body_from_ends(heads, tails, head_deform, scale, limb_thickness, torso_width)
+
+
+_BASE_RADII = np.array([c[4] for c in _CAPSULES])
+_IS_TORSO = np.array([c[5] == "torso" for c in _CAPSULES])
 
 
 def _affine(center: np.ndarray, axes: np.ndarray) -> np.ndarray:
     m = np.diag([*axes, 1.0])
     m[:3, 3] = center
     return m
+
+
+_HEAD_SHAPE = _affine(HEAD_CENTER, HEAD_AXES)  # unit sphere -> head ellipsoid, rest space
+_NOSE_SHAPE = _affine(NOSE_CENTER, np.full(3, NOSE_RADIUS))
+
+
+def build_body_from_ends(heads: np.ndarray, tails: np.ndarray, head_deform: np.ndarray, scale: float,
+                         limb_thickness: float = 1.0, torso_width: float = 1.0) -> Body:
+    """:func:`build_body` from (B, 3) world heads and tails in :data:`RIG_BONES` order (what
+    :func:`rig.posed_ends` gives), without going through a dict: this runs for every pose re-draw."""
+    table = np.concatenate([heads, tails])  # see _row
+    segs = table[_SEG_ROWS]
+    radii = _BASE_RADII * scale * np.where(_IS_TORSO, torso_width, limb_thickness)
+    head = head_deform @ _HEAD_SHAPE
+    nose = head_deform @ _NOSE_SHAPE
+    kps = table[_KP_ROWS]
+    return Body(segs, radii, CAPSULE_NAMES, head, nose, kps, scale)
 
 
 def _containing_radii(points: np.ndarray, segs: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -169,12 +188,11 @@ def check_pairs() -> np.ndarray:
 
 
 _PAIRS = check_pairs()
+_FIRST, _SECOND = np.ascontiguousarray(_PAIRS.T)  # each pair's capsules, as contiguous index arrays
 
 
 def interpenetration(body: Body) -> float:
     """Worst overlap of two parts that should not touch, as a share of the thinner part's radius."""
-    from .collision import penetrations
-
     depth = penetrations(body.capsules, body.radii, _PAIRS)
-    thinner = np.minimum(body.radii[_PAIRS[:, 0]], body.radii[_PAIRS[:, 1]])
-    return float(np.max(depth / thinner)) if len(depth) else 0.0
+    thinner = np.minimum(body.radii[_FIRST], body.radii[_SECOND])
+    return float((depth / thinner).max()) if len(depth) else 0.0

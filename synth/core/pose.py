@@ -112,14 +112,33 @@ def _extreme(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(lo + (hi - lo) * rng.beta(0.5, 0.5))
 
 
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """The same number, from the same draw, as ``float(rng.uniform(lo, hi))``: numpy defines that as
+    ``lo + (hi - lo) * rng.random()``. Spelled out, it skips ``uniform``'s argument handling, which
+    costs more than the draw itself for one number; the sampler makes ~15 such draws per pose.
+    (``tests/test_synth_posing_speed_equivalence.py`` checks that the two agree.)"""
+    return lo + (hi - lo) * rng.random()
+
+
 _DOF_LIMITS = {name: LIMITS[name.split(".")[0]] for name in DOFS}  # looked up per DOF per draw
+
+
+def _calm_band(lo: float, hi: float) -> tuple[float, float]:
+    """The middle 30% of the range around neutral (0, or the nearest limit)."""
+    neutral = min(max(0.0, lo), hi)
+    band = 0.15 * (hi - lo)
+    return max(lo, neutral - band), min(hi, neutral + band)
+
+
+_CALM_BANDS = {name: _calm_band(*_DOF_LIMITS[name]) for name in DOFS}
 
 
 def clamp_to_limits(dofs: dict[str, float]) -> dict[str, float]:
     out = {}
     for name, value in dofs.items():
         lo, hi = _DOF_LIMITS.get(name) or LIMITS[name.split(".")[0]]
-        out[name] = float(min(max(value, lo), hi))
+        # min(max(value, lo), hi), spelled out: two builtin calls per DOF cost more than the test
+        out[name] = float(lo if value < lo else hi if value > hi else value)
     return out
 
 
@@ -147,67 +166,94 @@ def sample_pose(rng: np.random.Generator, family: str | None = None, extremeness
     fixed = _fixed_ranges(family)
     dofs: dict[str, float] = {}
     for name in DOFS:
-        lo, hi = _DOF_LIMITS[name]
         if name in fixed:
-            a, b = fixed[name]
-            dofs[name] = float(rng.uniform(a, b))
+            dofs[name] = _uniform(rng, *fixed[name])
         elif rng.random() < extremeness:
-            dofs[name] = _extreme(rng, lo, hi)
+            dofs[name] = _extreme(rng, *_DOF_LIMITS[name])
         else:
-            neutral = min(max(0.0, lo), hi)
-            band = 0.15 * (hi - lo)
-            dofs[name] = float(rng.uniform(max(lo, neutral - band), min(hi, neutral + band)))
+            dofs[name] = _uniform(rng, *_CALM_BANDS[name])
     if spec.get("split"):
         if rng.random() < 0.5:  # front split: one hip flexed, the other extended
             front = SIDES[int(rng.integers(2))]
             back = "R" if front == "L" else "L"
-            dofs[f"hip_flex.{front}"] = float(rng.uniform(140, 160))
-            dofs[f"hip_flex.{back}"] = float(rng.uniform(-45, -30))
-            dofs["hip_abd.L"] = dofs["hip_abd.R"] = float(rng.uniform(0, 10))
+            dofs[f"hip_flex.{front}"] = _uniform(rng, 140, 160)
+            dofs[f"hip_flex.{back}"] = _uniform(rng, -45, -30)
+            dofs["hip_abd.L"] = dofs["hip_abd.R"] = _uniform(rng, 0, 10)
         else:  # side (straddle) split
             for side in SIDES:
-                dofs[f"hip_abd.{side}"] = float(rng.uniform(75, 90))
-                dofs[f"hip_flex.{side}"] = float(rng.uniform(-5, 15))
+                dofs[f"hip_abd.{side}"] = _uniform(rng, 75, 90)
+                dofs[f"hip_flex.{side}"] = _uniform(rng, -5, 15)
     if spec.get("mirror_axial") and rng.random() < 0.5:
         for name in ("trunk_rot", "trunk_side", "neck_rot"):
             dofs[name] = -dofs[name]
-    pitch = float(rng.uniform(*spec["pitch"]))
+    pitch = _uniform(rng, *spec["pitch"])
     if spec.get("flip") and rng.random() < 0.5:
         pitch = -pitch  # face down as well as face up
-    roll = float(rng.uniform(*spec["roll"]))
-    yaw = float(rng.uniform(-180, 180))
+    roll = _uniform(rng, *spec["roll"])
+    yaw = _uniform(rng, -180, 180)
     return Pose(family, clamp_to_limits(dofs), (pitch, roll, yaw))
 
 
-def bone_eulers(dofs: dict[str, float]) -> dict[str, tuple[float, float, float]]:
-    """Metarig bone -> local XYZ Euler angles in radians.
+# How each posed metarig bone's XYZ Euler angles follow from the DOFs: per bone, per axis
+# (X, Y, Z), (DOF, sign, share) or None (that axis stays 0). The angle is
+# ``sign * radians(dof - offset) / share``, where ``offset`` is REST_SHOULDER_ABD for shoulder
+# abduction (the rest pose holds the arms out) and 0 otherwise; a motion spread over several bones
+# (trunk over three spine bones, neck over two) gives each its share. Axes and signs were read off the metarig
+# (figure faces -Y): a positive local X rotation bends knee and elbow, extends the hip, flexes
+# shoulder, spine and neck forward; local Z abducts the left arm and adducts the left leg
+# (mirrored on the right); local Y twists along the bone.
+_EULER_TABLE: tuple[tuple[str, tuple], ...] = tuple(
+    (bone, (("trunk_flex", 1, 3), ("trunk_rot", 1, 3), ("trunk_side", -1, 3)))
+    for bone in ("spine.001", "spine.002", "spine.003")
+) + tuple(
+    (bone, (("neck_flex", 1, 2), ("neck_rot", 1, 2), ("neck_side", -1, 2)))
+    for bone in ("spine.004", "spine.005")
+) + tuple(
+    row
+    for side, m in (("L", 1), ("R", -1))
+    for row in (
+        (f"upper_arm.{side}", ((f"shoulder_flex.{side}", 1, 1), (f"shoulder_rot.{side}", m, 1),
+                               (f"shoulder_abd.{side}", m, 1))),
+        (f"forearm.{side}", ((f"elbow_flex.{side}", 1, 1), (f"forearm_rot.{side}", m, 1), None)),
+        (f"thigh.{side}", ((f"hip_flex.{side}", -1, 1), (f"hip_rot.{side}", m, 1), (f"hip_abd.{side}", -m, 1))),
+        (f"shin.{side}", ((f"knee_flex.{side}", 1, 1), None, None)),
+        (f"foot.{side}", ((f"ankle_flex.{side}", -1, 1), None, None)),
+    )
+)
+EULER_BONES: tuple[str, ...] = tuple(bone for bone, _ in _EULER_TABLE)
+# The same table as flat arrays over the (bone, axis) entries, to evaluate it in a few numpy
+# operations per pose (it runs for every pose re-draw): the DOFs it reads (in degrees, the
+# rest-pose shoulder abduction taken off), and per entry which of them (the extra last slot
+# holds 0 for axes no DOF drives), the sign and the share.
+_EULER_DOFS: tuple[str, ...] = tuple(dict.fromkeys(e[0] for _, axes in _EULER_TABLE for e in axes if e))
+_EULER_OFFSET = np.array([REST_SHOULDER_ABD if d.startswith("shoulder_abd") else 0.0 for d in _EULER_DOFS] + [0.0])
+_EULER_INDEX = np.array([_EULER_DOFS.index(e[0]) if e else len(_EULER_DOFS) for _, axes in _EULER_TABLE for e in axes])
+_EULER_SIGN = np.array([float(e[1]) if e else 1.0 for _, axes in _EULER_TABLE for e in axes])
+_EULER_SHARE = np.array([float(e[2]) if e else 1.0 for _, axes in _EULER_TABLE for e in axes])
 
-    Axes and signs were read off the metarig (figure faces -Y): a positive local X rotation bends
-    knee and elbow, extends the hip, flexes shoulder, spine and neck forward; local Z abducts the
-    left arm and adducts the left leg (mirrored on the right); local Y twists along the bone.
-    """
-    r = math.radians
-    out: dict[str, tuple[float, float, float]] = {}
-    for k, bone in enumerate(("spine.001", "spine.002", "spine.003")):
-        out[bone] = (r(dofs["trunk_flex"]) / 3, r(dofs["trunk_rot"]) / 3, -r(dofs["trunk_side"]) / 3)
-    for bone in ("spine.004", "spine.005"):
-        out[bone] = (r(dofs["neck_flex"]) / 2, r(dofs["neck_rot"]) / 2, -r(dofs["neck_side"]) / 2)
-    for side in SIDES:
-        m = 1.0 if side == "L" else -1.0
-        d = {k.split(".")[0]: v for k, v in dofs.items() if k.endswith("." + side)}
-        out[f"upper_arm.{side}"] = (r(d["shoulder_flex"]), m * r(d["shoulder_rot"]),
-                                    m * r(d["shoulder_abd"] - REST_SHOULDER_ABD))
-        out[f"forearm.{side}"] = (r(d["elbow_flex"]), m * r(d["forearm_rot"]), 0.0)
-        out[f"thigh.{side}"] = (-r(d["hip_flex"]), m * r(d["hip_rot"]), -m * r(d["hip_abd"]))
-        out[f"shin.{side}"] = (r(d["knee_flex"]), 0.0, 0.0)
-        out[f"foot.{side}"] = (-r(d["ankle_flex"]), 0.0, 0.0)
-    return out
+
+def bone_euler_array(dofs: dict[str, float]) -> np.ndarray:
+    """(len(EULER_BONES), 3) local XYZ Euler angles in radians of the bones :data:`EULER_BONES`."""
+    deg = np.array([dofs[name] for name in _EULER_DOFS] + [0.0], dtype=np.float64) - _EULER_OFFSET
+    rad = deg * (math.pi / 180.0)  # exactly what math.radians does
+    return (rad[_EULER_INDEX] * _EULER_SIGN / _EULER_SHARE).reshape(len(EULER_BONES), 3)
+
+
+def bone_eulers(dofs: dict[str, float]) -> dict[str, tuple[float, float, float]]:
+    """Metarig bone -> local XYZ Euler angles in radians (see ``_EULER_TABLE`` for the conventions)."""
+    return {bone: tuple(e) for bone, e in zip(EULER_BONES, bone_euler_array(dofs).tolist())}
 
 
 def orientation_matrix(pitch: float, roll: float, yaw: float) -> np.ndarray:
     """3x3 rotation: pitch about X (left-right), then roll about Y (front-back), then yaw about Z."""
-    p, r_, y = (math.radians(a) for a in (pitch, roll, yaw))
-    rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    ry = np.array([[math.cos(r_), 0, math.sin(r_)], [0, 1, 0], [-math.sin(r_), 0, math.cos(r_)]])
-    rz = np.array([[math.cos(y), -math.sin(y), 0], [math.sin(y), math.cos(y), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    cp, sp = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+    cr, sr = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+    cy, sy = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+    # Rz(yaw) @ Ry(roll) @ Rx(pitch) written out: this runs for every pose re-draw, and three
+    # 3x3 arrays and their product cost several times more than nine products in Python.
+    cy_sr, sy_sr = cy * sr, sy * sr
+    return np.array([
+        [cy * cr, cy_sr * sp - sy * cp, cy_sr * cp + sy * sp],
+        [sy * cr, sy_sr * sp + cy * cp, sy_sr * cp - cy * sp],
+        [-sr, cr * sp, cr * cp],
+    ])

@@ -6,7 +6,7 @@ import numpy as np
 
 from . import body as body_mod
 from . import rig
-from .pose import Pose, bone_eulers, orientation_matrix, sample_pose
+from .pose import EULER_BONES, Pose, bone_euler_array, bone_eulers, orientation_matrix, sample_pose
 
 # Rest position of the metarig's pelvis (head of ``spine``): people are placed and turned about it.
 PELVIS_REST = rig.REST["spine"][:3, 3].copy()
@@ -32,7 +32,13 @@ def metarig_basis(pose: Pose, bvh_basis=None) -> tuple[dict[str, np.ndarray], np
 
 
 def body_for(pose: Pose, person) -> body_mod.Body:
-    return body_from_basis(rig.euler_basis(bone_eulers(pose.dofs)), orientation_matrix(*pose.orientation), person)
+    """The body of a sampled (joint-angle) pose. What ``body_from_basis(rig.euler_basis(bone_eulers(
+    pose.dofs)), ...)`` gives, with the bone rotations kept in arrays: it runs for every pose re-draw."""
+    rotations = rig.euler_stack(bone_euler_array(pose.dofs))
+    armature = armature_matrix(orientation_matrix(*pose.orientation), person)
+    heads, tails, deform = rig.posed_ends(EULER_BONES, rotations, armature)
+    return body_mod.build_body_from_ends(heads, tails, deform, person.height_scale, person.limb_thickness,
+                                         person.torso_width)
 
 
 def pose_person(person, config, bvh_basis=None) -> tuple[body_mod.Body, Pose, int, float]:

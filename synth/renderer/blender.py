@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import bpy  # noqa: I001  (must come first: it puts Blender's own modules on the path)
 import addon_utils
@@ -95,14 +96,21 @@ class BlenderRenderer:
         return self._stage
 
     def render(self, spec: scene_mod.SceneSpec, config: scene_mod.SceneConfig, workdir: Path,
-               world_rgb: tuple[float, float, float] | None = None) -> RenderResult:
+               world_rgb: tuple[float, float, float] | None = None,
+               posed: list[tuple | None] | None = None, on_render: Callable[[], None] | None = None) -> RenderResult:
+        """Build ``spec`` in the stage, render it and annotate it. ``posed[p]``, when given, is
+        person p's ``posing.pose_person`` result computed beforehand (numpy only, so a worker
+        thread can do it during the previous render); mocap people are posed here, with Blender.
+        ``on_render`` is called just before the render call, which releases the GIL for most of
+        the image's time: the moment to hand other threads their work."""
         t0 = time.perf_counter()
         st = self.stage(config, workdir)
         people: list[PersonResult] = []
         bodies: list[body_mod.Body] = []
         for p, person in enumerate(spec.people):
             # The mannequin's body also judges a user rig's pose (interpenetration): same metarig pose.
-            body, pose, attempts, worst = posing.pose_person(person, config, st.clips.basis)
+            ready = posed[p] if posed else None
+            body, pose, attempts, worst = ready or posing.pose_person(person, config, st.clips.basis)
             bodies.append(body)
             world = st.people[p].place(body, person, pose, st.clips.basis)
             people.append(PersonResult(np.zeros((17, 3)), [None] * 17, world, pose, attempts, worst))
@@ -126,8 +134,11 @@ class BlenderRenderer:
         # on the clock as scene update, not inside the render call.
         bpy.context.view_layer.update()
         t_build = time.perf_counter()
+        if on_render is not None:
+            on_render()
+        t_render = time.perf_counter()
         bpy.ops.render.render(write_still=True)
-        render_s = time.perf_counter() - t_build
+        render_s = time.perf_counter() - t_render
         if self.engine == "cycles":
             index = _read_index_exr(workdir / "index0001.exr")
         else:
@@ -145,7 +156,7 @@ class BlenderRenderer:
                     "elevation": spec.camera.elevation, "azimuth": spec.camera.azimuth, "roll": spec.camera.roll,
                     "fill": spec.camera.fill},
             render_seconds=render_s, engine=self.engine, samples=self.samples, device=self.device,
-            timings={"build": t_build - t0, "render": render_s, "index": t_index - t_build - render_s,
+            timings={"build": t_build - t0, "render": render_s, "index": t_index - t_render - render_s,
                      "annotate": t_end - t_index},
         )
 
