@@ -35,7 +35,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
                                 "people are that model, posed by retargeting, instead of the mannequin."),
         max_people: int = typer.Option(3, "--max-people", min=1, max=3, help="At most this many people per image."),
         device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or gpu."),
-        threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: cores // workers)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: min(cores, 2 x cores / workers))."),
         timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds one image may take before a retry."),
         retries: int = typer.Option(1, "--retries", min=0, help="Retries of a crashed or timed-out image."),
         report_dir: Optional[Path] = typer.Option(None, "--report-dir",

@@ -67,9 +67,10 @@ def test_visible_keypoints_lie_on_their_own_mask(rendered):
 
 @pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
 def test_same_seed_gives_identical_bytes(rendered, tmp_path, pipeline):
-    # Other order, other process, other preceding scenes; and the numpy work on the main thread
-    # (serial) instead of beside the render calls (pipelined, as `rendered` was).
-    again = _run_worker(tmp_path, "b", [5, 2], pipeline=pipeline)
+    # Other order, other process, other preceding scenes, one render thread (`rendered` used
+    # Blender's default, one per core); and the numpy work on the main thread (serial) instead of
+    # beside the render calls (pipelined, as `rendered` was).
+    again = _run_worker(tmp_path, "b", [5, 2], pipeline=pipeline, threads=1)
     for i in (2, 5):
         assert (again / f"{i}.img").read_bytes() == (rendered / f"{i}.img").read_bytes()
         a = json.loads((rendered / f"{i}.json").read_text())
