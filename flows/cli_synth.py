@@ -13,7 +13,10 @@ from .cli_common import JsonOption, RichProgress, StoreOption, emit_json, say
 def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer) -> None:
     @app.command("synth")
     def synth_cmd(
-        count: int = typer.Option(..., "--count", min=1, help="Number of images to render."),
+        count: int = typer.Option(..., "--count", min=1, help="Number of images in the run."),
+        units: Optional[str] = typer.Option(
+            None, "--units", help="FIRST:STOP: render only images FIRST..STOP-1 of the run, with the same seeds and "
+                                  "bytes as the whole run (split a run over machines or jobs)."),
         seed: int = typer.Option(..., "--seed", help="Run seed: same seed and options, same bytes."),
         resolution: str = typer.Option("256x256", "--resolution", help="WIDTHxHEIGHT in pixels."),
         engine: str = typer.Option("cycles", "--engine", help="cycles or workbench."),
@@ -48,7 +51,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         from posepipe.datasets.store import PoseStore
         from posepipe.synth.core.pose import FAMILY_NAMES
         from posepipe.synth.core.scene import SceneConfig
-        from posepipe.synth.run import SynthOptions, parse_resolution, synth_run
+        from posepipe.synth.run import SynthOptions, parse_resolution, parse_units, synth_run
 
         width, height = parse_resolution(resolution)
         for f in family or []:
@@ -59,7 +62,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         opts = SynthOptions(count=count, seed=seed, width=width, height=height, engine=engine, samples=samples,
                             workers=workers, source=source, format=fmt, device=device, threads=threads,
                             timeout=timeout, retries=retries, config=config, backgrounds=tuple(backgrounds or ()),
-                            bvh=tuple(str(b) for b in bvh or ()), rig=None if rig is None else str(rig))
+                            bvh=tuple(str(b) for b in bvh or ()), rig=None if rig is None else str(rig),
+                            units=None if units is None else parse_units(units))
         out_dir = report_dir or Path("reports") / opts.source_name()
         result = synth_run(PoseStore(store), opts, progress=RichProgress(not json_out), report_dir=out_dir)
         if json_out:

@@ -1,11 +1,12 @@
-"""The ``synth`` flow: synthetic renders fanned out as mapped tasks over seed slices.
+"""The ``synth`` flow: synthetic renders fanned out as mapped tasks over slices of one run.
 
-A run of N images with base seed S is cut into ``slices`` slices; slice k renders its share of
-the images with run seed S + k through ``posepipe.synth.run.synth_run`` with one worker, i.e.
-one Blender process per task (bpy is process-global and not thread-safe). Every image is its
-own input file of source ``synth/<run>`` (keyed by its unit seed), so slices never overwrite
-each other, a retried slice re-renders only what is missing, and a re-run adds nothing. The
-images depend on (S, N, slices) only: same settings, same bytes.
+A run of N images with seed S is cut into ``slices`` contiguous slices of image indices; slice k
+renders its images through ``posepipe.synth.run.synth_run`` (``units=(first, stop)``) with one
+worker, i.e. one Blender process per task (bpy is process-global and not thread-safe). Image i
+has seed ``SeedSequence([S, i])`` whichever slice renders it, so the flow writes the same bytes as
+``posepipe synth --count N --seed S`` (and the dvc.yaml stage) however many slices it uses. Every
+image is its own input file of source ``synth/<run>`` (keyed by its unit seed), so slices never
+overwrite each other, a retried slice re-renders only what is missing, and a re-run adds nothing.
 
 Task runners: Prefect's thread pool by default (each task waits on its own Blender process);
 ``DaskTaskRunner`` with ``dask_address`` (an existing scheduler: the same flow on a cluster of
@@ -36,7 +37,7 @@ class SynthSpec:
     run: str = "demo"
     images: int = 8
     seed: int = 0
-    slices: int = 2  # mapped tasks; slice k renders with run seed seed + k
+    slices: int = 2  # mapped tasks, each a contiguous slice of the run's images
     workers: int = 2  # tasks at once (thread-pool runner) or local Dask workers (--dask)
     width: int = 192
     height: int = 256
@@ -69,27 +70,36 @@ class SynthSpec:
         return f"synth/{self.run}"
 
 
-def seed_slices(spec: SynthSpec) -> list[tuple[int, int]]:
-    """(run seed, image count) per slice: seeds seed, seed+1, ...; counts as even as possible."""
+def unit_slices(spec: SynthSpec) -> list[tuple[int, int]]:
+    """(first, stop) image indices per slice: contiguous, as even as possible, covering 0..images-1."""
     n = max(1, min(spec.slices, spec.images))
     base, extra = divmod(spec.images, n)
-    return [(spec.seed + k, base + (k < extra)) for k in range(n) if base + (k < extra)]
+    out, first = [], 0
+    for k in range(n):
+        stop = first + base + (k < extra)
+        if stop > first:
+            out.append((first, stop))
+        first = stop
+    return out
 
 
-def render_slice(store: str, spec_dict: dict, run_seed: int, count: int) -> dict:
-    """One slice: ``count`` images with ``run_seed``, rendered by one Blender worker process."""
+def render_slice(store: str, spec_dict: dict, first: int, stop: int) -> dict:
+    """One slice: images first..stop-1 of the run, rendered by one Blender worker process."""
     from posepipe.datasets.store import PoseStore
-    from posepipe.synth.run import SynthOptions, synth_run
+    from posepipe.synth.run import SynthOptions, render_threads, synth_run
 
     spec = SynthSpec(**spec_dict)
-    opts = SynthOptions(count=count, seed=run_seed, width=spec.width, height=spec.height, engine=spec.engine,
-                        samples=spec.samples, workers=1, threads=1, source=spec.source, rig=spec.rig)
+    # ``spec.workers`` slices render at once, so each takes the render threads of one of that many workers.
+    threads = render_threads(SynthOptions(count=spec.images, seed=spec.seed, workers=spec.workers))
+    opts = SynthOptions(count=spec.images, seed=spec.seed, units=(first, stop), width=spec.width,
+                        height=spec.height, engine=spec.engine, samples=spec.samples, workers=1, threads=threads,
+                        source=spec.source, rig=spec.rig)
     result = synth_run(PoseStore(store), opts)
     if result.failed:
         index, reason = next(iter(result.failed.items()))
-        raise RuntimeError(f"slice seed {run_seed}: {len(result.failed)} of {count} renders failed "
+        raise RuntimeError(f"slice {first}:{stop}: {len(result.failed)} of {stop - first} renders failed "
                            f"(image {index}: {reason})")
-    return {"run_seed": run_seed, "rendered": result.rendered, "unchanged": result.unchanged,
+    return {"units": [first, stop], "rendered": result.rendered, "unchanged": result.unchanged,
             "images": result.images, "instances": result.instances, "seconds": round(result.wall_seconds, 2),
             "pid": os.getpid()}
 
@@ -104,7 +114,7 @@ def combine(spec: SynthSpec, slices: list[dict]) -> dict:
 
 def render_direct(store: str, spec: SynthSpec) -> dict:
     """All slices one after another in this process, without Prefect (the benchmark's baseline)."""
-    return combine(spec, [render_slice(store, asdict(spec), a, n) for a, n in seed_slices(spec)])
+    return combine(spec, [render_slice(store, asdict(spec), a, b) for a, b in unit_slices(spec)])
 
 
 def summary_markdown(result: dict) -> str:
@@ -114,19 +124,19 @@ def summary_markdown(result: dict) -> str:
             f"{result['images']} | {result['instances']} | {result['seconds_rendering']} |\n")
 
 
-slice_task = task(render_slice, name="render-slice", task_run_name="seed {run_seed} x{count}", retries=1,
+slice_task = task(render_slice, name="render-slice", task_run_name="images {first}:{stop}", retries=1,
                   cache_policy=NO_CACHE)
 
 
 @flow(name="synth")
 def synth(store: str = "data/store", spec: dict | None = None) -> dict:
-    """Render spec.images synthetic images into synth/<run>, one mapped task per seed slice."""
+    """Render spec.images synthetic images into synth/<run>, one mapped task per slice of the run."""
     from prefect.artifacts import create_markdown_artifact
 
     synth_spec = SynthSpec.from_mapping(spec)
-    slices = seed_slices(synth_spec)
+    slices = unit_slices(synth_spec)
     futures = slice_task.map(unmapped(store), unmapped(asdict(synth_spec)), [a for a, _ in slices],
-                             [n for _, n in slices])
+                             [b for _, b in slices])
     result = combine(synth_spec, [f.result() for f in futures])
     create_markdown_artifact(summary_markdown(result), key=ARTIFACT_KEY, description="posepipe synth")
     return result

@@ -61,12 +61,19 @@ class SynthOptions:
     # Numpy work (scene sampling, posing, compositing, encoding) in a helper thread beside each
     # render call; False does it all between render calls: the baseline bench/synth.py compares.
     pipeline: bool = True
+    # (first, stop): render only images first..stop-1 of the run (same seeds, same bytes as in a
+    # whole run), e.g. one slice of a run fanned out over tasks or machines; None: all of them.
+    units: tuple[int, int] | None = None
     # Test hooks: unit indices whose worker dies (or hangs) on its first launch instead of rendering.
     crash_on: tuple[int, ...] = ()
     hang_on: tuple[int, ...] = ()
 
     def source_name(self) -> str:
         return self.source or f"synth/s{self.seed}-n{self.count}"
+
+    def indices(self) -> range:
+        """The images of the run this call renders."""
+        return range(*self.units) if self.units is not None else range(self.count)
 
 
 @dataclass
@@ -94,6 +101,9 @@ class SynthResult:
 def _validate(opts: SynthOptions) -> None:
     if opts.count < 1:
         raise PosepipeError(f"--count must be at least 1, got {opts.count}")
+    if opts.units is not None and not (0 <= opts.units[0] < opts.units[1] <= opts.count):
+        raise PosepipeError(f"--units {opts.units[0]}:{opts.units[1]} is not a non-empty range within "
+                            f"0:{opts.count} (the run's --count)")
     if opts.workers < 1:
         raise PosepipeError(f"--workers must be at least 1, got {opts.workers}")
     if opts.engine not in ("cycles", "workbench"):
@@ -121,7 +131,7 @@ def render_threads(opts: SynthOptions) -> int:
     if opts.threads:
         return opts.threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(opts.workers, opts.count))
+    workers = max(1, min(opts.workers, len(opts.indices())))
     return max(1, min(cores, 2 * cores // workers))
 
 
@@ -131,6 +141,15 @@ def parse_resolution(text: str) -> tuple[int, int]:
     except ValueError:
         raise PosepipeError(f"--resolution {text!r} is not WIDTHxHEIGHT, e.g. 256x256") from None
     return w, h
+
+
+def parse_units(text: str) -> tuple[int, int]:
+    """``FIRST:STOP`` (image indices of the run, STOP excluded) as a pair."""
+    try:
+        first, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise PosepipeError(f"--units {text!r} is not FIRST:STOP, e.g. 0:100") from None
+    return first, stop
 
 
 def _unit_params(opts: SynthOptions, index: int, pool: list[dict], rig: dict | None = None) -> dict:
@@ -215,7 +234,8 @@ def file_key(source: str, seed: int) -> str:
 
 def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = None,
               report_dir: str | os.PathLike | None = None) -> SynthResult:
-    """Render ``opts.count`` images into source ``synth/...`` of ``store``; write the run's report."""
+    """Render the run's images (``opts.count``, or the ``opts.units`` slice of them) into source
+    ``synth/...`` of ``store``; write the run's report."""
     _validate(opts)
     t0 = time.perf_counter()
     source = opts.source_name()
@@ -226,7 +246,7 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
         opts = dataclasses.replace(opts, config=dataclasses.replace(
             opts.config, bvh_clips=tuple((name, frames) for name, (_path, frames) in clips.items())))
     rig = None if opts.rig is None else rig_fingerprint(opts.rig)  # the model is hashed once a run
-    params = [_unit_params(opts, i, pool, rig) for i in range(opts.count)]
+    params = [_unit_params(opts, i, pool, rig) for i in opts.indices()]
     done = _already_done(store, source, params)
     todo = [p for p in params if p["index"] not in done]
     result.unchanged = len(params) - len(todo)

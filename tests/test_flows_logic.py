@@ -15,11 +15,10 @@ from posepipe.flows.pipeline import PipelineConfig, stage_release
 from tests.conftest import REPO
 
 
-def test_seed_slices_cover_every_image_once():
+def test_unit_slices_cover_every_image_once():
     spec = synth_flow.SynthSpec(images=10, slices=4, seed=7)
-    slices = synth_flow.seed_slices(spec)
-    assert slices == [(7, 3), (8, 3), (9, 2), (10, 2)]
-    assert synth_flow.seed_slices(synth_flow.SynthSpec(images=1, slices=4, seed=0)) == [(0, 1)]
+    assert synth_flow.unit_slices(spec) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert synth_flow.unit_slices(synth_flow.SynthSpec(images=1, slices=4, seed=0)) == [(0, 1)]
     with pytest.raises(PosepipeError, match="'colour' is not a setting"):
         synth_flow.SynthSpec.from_mapping({"colour": 1})
     with pytest.raises(PosepipeError, match=r"pipeline.synth.rig: .*nope.json: joint map not found"):

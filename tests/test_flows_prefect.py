@@ -86,6 +86,18 @@ def test_synth_flow_fans_out_over_a_local_dask_cluster_of_two_workers(prefect_ha
     assert PoseStore(store).images(["synth/dask"]).num_rows == 4
     # Same seeds, same bytes: a re-run renders nothing new.
     assert flow(store=store, spec={**TINY_SYNTH, "run": "dask"})["unchanged"] == 4
+    # The slices are parts of one run: the same images, byte for byte, as `posepipe synth --count 4
+    # --seed 0` in one piece (what the dvc.yaml stage runs).
+    from posepipe.synth.core.scene import SceneConfig
+    from posepipe.synth.run import SynthOptions, synth_run
+
+    whole = PoseStore(tmp_path / "whole")
+    synth_run(whole, SynthOptions(count=4, seed=0, width=64, height=96, engine="workbench", samples=1,
+                                  source="synth/dask", config=SceneConfig(width=64, height=96)))
+    for table in ("images", "batches"):
+        cols = ["image_id", "sha256"] if table == "images" else ["source_file", "file_sha256"]
+        got = getattr(PoseStore(store), table)(["synth/dask"]).select(cols).sort_by(cols[0])
+        assert got.equals(getattr(whole, table)(["synth/dask"]).select(cols).sort_by(cols[0])), table
 
 
 def _torchrun_pids(marker: str) -> list[int]:

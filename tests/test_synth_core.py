@@ -291,3 +291,21 @@ def test_bvh_writer_and_retarget_without_blender(tmp_path):
     basis = retarget.retarget({k: (v[0], None) for k, v in mapping.items()}, rest, heads)
     assert all(np.allclose(r, np.eye(3), atol=1e-5) for r in basis.values()) and "spine" in basis
     assert set(basis) <= set(rig.ORDER)
+
+
+def test_units_must_be_a_slice_of_the_run(tmp_path, monkeypatch):
+    import os
+
+    from posepipe.datasets.errors import PosepipeError
+    from posepipe.datasets.store import PoseStore
+    from posepipe.synth.run import SynthOptions, parse_units, render_threads, synth_run
+
+    for units in ((2, 2), (-1, 3), (3, 11)):
+        with pytest.raises(PosepipeError, match=r"--units .* is not a non-empty range within 0:10"):
+            synth_run(PoseStore(tmp_path / "store"), SynthOptions(count=10, seed=0, units=units))
+    assert parse_units("3:5") == (3, 5)
+    with pytest.raises(PosepipeError, match="'3-5' is not FIRST:STOP"):
+        parse_units("3-5")
+    assert list(SynthOptions(count=10, seed=0, units=(3, 5)).indices()) == [3, 4]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert render_threads(SynthOptions(count=10, seed=0, workers=4, units=(0, 1))) == 8  # one image: one worker
