@@ -14,7 +14,19 @@ Plain pandas or duckdb read it directly, e.g.
 
 Writes go through :class:`Transaction`. A commit writes every changed table of the source as
 a pending file, then an intent journal, then renames; a crash before the journal leaves the
-old tables, a crash after it is rolled forward the next time the store is opened.
+old tables, a crash after it is rolled forward the next time the source is written (readers
+read the journaled files meanwhile).
+
+Locks (``flock``, so a crashed process releases its own):
+
+* ``.locks/source-<name>.lock``, exclusive: one transaction per source at a time, held for the
+  whole transaction (reading, checking, hashing and appending images included).
+* ``.locks/write.lock``: every transaction holds it shared, so writers of different sources run
+  side by side; ``posepipe gc`` holds it exclusive, so it never sees a writer's unreferenced
+  new shard or temporary file.
+* ``.lock``: readers hold it shared for one read; a commit holds it exclusive only while it
+  writes its journal and renames its files (milliseconds), so nobody reads half a commit and
+  nobody waits for a whole ingest.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,7 +83,9 @@ class PoseStore:
         self.shard_dir = self.root / "shards"
         self.tables_dir = self.root / "tables"
         self._reader: ShardReader | None = None
-        self._writing = False  # flock is per open file: our own write lock must not wait on itself
+        # Per thread: whether it holds the readers' lock exclusively (flock is per open file, so
+        # its own reads must not wait on it).
+        self._local = threading.local()
 
     # ----- reading -------------------------------------------------------------------------
     def sources(self) -> list[str]:
@@ -103,7 +118,7 @@ class PoseStore:
     @contextlib.contextmanager
     def _shared_lock(self) -> Iterator[None]:
         """Readers wait for a commit in progress; a read-only store (a pulled release) needs none."""
-        if self._writing or not self.root.exists():
+        if getattr(self._local, "excluding_readers", False) or not self.root.exists():
             yield
             return
         try:
@@ -146,9 +161,13 @@ class PoseStore:
     # ----- writing -------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self, source: str) -> Iterator["Transaction"]:
-        """Exclusive write access to one source; commits on normal exit, discards on error."""
+        """Exclusive write access to one source; commits on normal exit, discards on error.
+        Transactions on other sources, and readers, go on meanwhile."""
         validate_source_name(source)
-        with self.exclusive():
+        self._create()
+        source_lock = self.root / ".locks" / f"source-{_source_dir_name(source)}.lock"
+        with _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_SH), _flock(source_lock, fcntl.LOCK_EX):
+            self._recover_crashed(skip_locked=source)
             tx = Transaction(self, source)
             try:
                 yield tx
@@ -159,21 +178,59 @@ class PoseStore:
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """The store's write lock (no other writer, no reader mid-commit), crashed commits recovered."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """No writer and no reader but this thread (``posepipe gc``); crashed commits recovered."""
+        self._create()
+        with _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_EX), self.excluding_readers():
+            if self.tables_dir.exists():
+                for source_dir in self.tables_dir.iterdir():
+                    _recover(source_dir)
+            yield
+
+    @contextlib.contextmanager
+    def excluding_readers(self) -> Iterator[None]:
+        """The readers' lock, exclusively: for a commit's journal and renames (and for gc)."""
+        if getattr(self._local, "excluding_readers", False):
+            yield
+            return
+        with _flock(self.root / ".lock", fcntl.LOCK_EX):
+            self._local.excluding_readers = True
+            try:
+                yield
+            finally:
+                self._local.excluding_readers = False
+
+    def _recover_crashed(self, skip_locked: str) -> None:
+        """Finish (or discard) every source's crashed commit: ``skip_locked``'s, whose lock we hold,
+        and any other whose lock is free (a source being written is its own writer's business)."""
+        if not self.tables_dir.exists():
+            return
+        for source_dir in self.tables_dir.iterdir():
+            if not (source_dir / _JOURNAL).exists() and not any(source_dir.glob(".*.pending")):
+                continue
+            if source_dir.name == _source_dir_name(skip_locked):
+                with self.excluding_readers():
+                    _recover(source_dir)
+                continue
+            with open(self.root / ".locks" / f"source-{source_dir.name}.lock", "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                with self.excluding_readers():
+                    _recover(source_dir)
+
+    def _create(self) -> None:
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
         marker = self.root / "STORE.json"
         if not marker.exists():
             atomic.write_text(marker, json.dumps({"schema_version": schema.SCHEMA_VERSION}) + "\n")
-        with open(self.root / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self._writing = True
-            try:
-                if self.tables_dir.exists():
-                    for source_dir in self.tables_dir.iterdir():
-                        _recover(source_dir)
-                yield
-            finally:
-                self._writing = False
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, mode)
+        yield
 
 
 class Transaction:
@@ -272,7 +329,7 @@ class Transaction:
             out[name] = table
         _check_unique(out["images"], "image_id", self.source)
         _check_unique(out["instances"], "instance_id", self.source)
-        _commit_tables(self.dir, out)
+        _commit_tables(self.dir, out, self.store.excluding_readers)
 
 
 def _fill_shard_refs(images: pa.Table, refs: dict[str, ShardRef], index: dict[str, ShardRef]) -> pa.Table:
@@ -306,14 +363,16 @@ def _check_unique(table: pa.Table, column: str, source: str) -> None:
         raise RuntimeError(f"source {source}: {column} {dup} would appear twice; nothing was written")
 
 
-def _commit_tables(source_dir: Path, tables: dict[str, pa.Table]) -> None:
+def _commit_tables(source_dir: Path, tables: dict[str, pa.Table], excluding_readers) -> None:
     source_dir.mkdir(parents=True, exist_ok=True)
+    # Pending files are invisible to readers until the journal names them: written unlocked.
     # Parquet encoding releases the GIL: the small tables are written beside the big one.
     with ThreadPoolExecutor(max_workers=len(tables)) as pool:
         list(pool.map(lambda item: atomic.write_parquet(source_dir / f".{item[0]}.parquet.pending", item[1]),
                       tables.items()))
-    atomic.write_text(source_dir / _JOURNAL, json.dumps(sorted(tables)))
-    _recover(source_dir)
+    with excluding_readers():
+        atomic.write_text(source_dir / _JOURNAL, json.dumps(sorted(tables)))
+        _recover(source_dir)
 
 
 def _committed_path(source_dir: Path, name: str) -> Path:
@@ -325,7 +384,8 @@ def _committed_path(source_dir: Path, name: str) -> Path:
 
 
 def _recover(source_dir: Path) -> None:
-    """Under the write lock: finish a journaled commit, or drop pending files of one that was not."""
+    """Under the source's lock, readers excluded: finish a journaled commit, or drop pending files
+    of one that was not."""
     journal = source_dir / _JOURNAL
     if journal.exists():
         for name in json.loads(journal.read_text()):

@@ -203,7 +203,8 @@ def ingest(store: str = "data/store", params: str | None = "params.yaml", coco: 
     if not coco_specs and not labelme_specs:
         raise PosepipeError(f"nothing to ingest: no coco or labelme entries in {params}: {section} or the arguments")
     check_inputs(coco_specs, labelme_specs)
-    # Sequential on purpose: each batch already uses the cores, and a source's writes are serialised.
+    # Sequential on purpose: each batch already uses the cores (the store would let batches of
+    # different sources write side by side; two of one source take turns).
     results = [coco_task(store, spec) for spec in coco_specs]
     results += [labelme_task(store, spec) for spec in labelme_specs]
     create_markdown_artifact(summary_markdown(results), key=ARTIFACT_KEY, description="posepipe ingest")

@@ -148,12 +148,25 @@ def release_run(name: str, out: Path, store: Path, manifest: Path, params: dict,
     # Only the released data and its record are versioned; the rest of the run folder is not.
     keep = ["/.gitignore", "/.dvcignore", "/.dvc/", "/params.yaml", "/*.dvc", "/releases/"]
     write_text(out / ".gitignore", "/*\n" + "".join(f"!{k}\n" for k in keep))
+    _ignore_store_locks(out / ".dvcignore")
     write_text(out / "params.yaml", yaml.safe_dump({**params, "release": rel}, sort_keys=False))
     dvc(out, "add", rel["store"], rel["manifest"], what="dvc add of the run's store and manifest")
     git(out, "add", "-A", what="staging the run's data")
     if git(out, "status", "--porcelain"):
         git(out, "commit", "-q", "-m", f"posepipe run: data for release {name}", what="committing the run's data")
     return release(name, out, log=log)
+
+
+STORE_LOCKS = (".lock", ".locks/")  # the store's lock files (datasets/store.py): not data
+
+
+def _ignore_store_locks(dvcignore: Path) -> None:
+    """Keep the store's empty lock files out of what ``dvc add`` hashes and pushes."""
+    text = dvcignore.read_text() if dvcignore.exists() else ""
+    missing = [p for p in STORE_LOCKS if p not in text.splitlines()]
+    if missing:
+        write_text(dvcignore, text + ("" if text.endswith("\n") or not text else "\n")
+                   + "# posepipe store lock files\n" + "".join(f"{p}\n" for p in missing))
 
 
 def read_card(name: str, repo: str | Path = ".") -> dict:

@@ -205,3 +205,7 @@ def test_a_run_release_makes_its_folder_a_data_repository(coco_store, tmp_path, 
     assert pulled["files"] == card["files"]
     assert (tmp_path / "pulled/coco/train.json").exists()
     assert not (tmp_path / "pulled/train").exists()
+    # The store's lock files are not data: not hashed, pushed or pulled (a reader of the pulled
+    # store makes its own `.lock`).
+    assert (out / "store/.locks").is_dir()
+    assert not (tmp_path / "pulled/store/.locks").exists()
