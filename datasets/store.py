@@ -14,8 +14,9 @@ Plain pandas or duckdb read it directly, e.g.
 
 Writes go through :class:`Transaction`. A commit writes every changed table of the source as
 a pending file, then an intent journal, then renames; a crash before the journal leaves the
-old tables, a crash after it is rolled forward the next time the source is written (readers
-read the journaled files meanwhile).
+old tables, a crash after it is rolled forward by the next transaction on any source that
+finds the crashed source's lock free (readers of an existing source read the journaled files
+meanwhile).
 
 Locks (``flock``, so a crashed process releases its own):
 

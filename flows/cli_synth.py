@@ -70,7 +70,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
             emit_json({**result.to_dict(), "report_dir": str(out_dir)})
             return
         run = result.report["run"]
-        say(f"source {result.source}: rendered {result.rendered}, unchanged {result.unchanged}, "
+        removed = f"removed {result.removed} of another run, " if result.removed else ""
+        say(f"source {result.source}: rendered {result.rendered}, unchanged {result.unchanged}, {removed}"
             f"failed {len(result.failed)}; {result.images} images and {result.instances} people added; "
             f"report in {out_dir}")
         for index, reason in sorted(result.failed.items()):

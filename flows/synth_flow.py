@@ -89,8 +89,9 @@ def render_slice(store: str, spec_dict: dict, first: int, stop: int) -> dict:
     from posepipe.synth.run import SynthOptions, render_threads, synth_run
 
     spec = SynthSpec(**spec_dict)
-    # ``spec.workers`` slices render at once, so each takes the render threads of one of that many workers.
-    threads = render_threads(SynthOptions(count=spec.images, seed=spec.seed, workers=spec.workers))
+    # Up to ``spec.workers`` slices render at once: each takes the render threads of one of that many workers.
+    at_once = min(spec.workers, len(unit_slices(spec)))
+    threads = render_threads(SynthOptions(count=spec.images, seed=spec.seed, workers=at_once))
     opts = SynthOptions(count=spec.images, seed=spec.seed, units=(first, stop), width=spec.width,
                         height=spec.height, engine=spec.engine, samples=spec.samples, workers=1, threads=threads,
                         source=spec.source, rig=spec.rig)

@@ -36,9 +36,13 @@ def build_report(store: PoseStore, source: str, run=None) -> dict:
     if run is not None:
         outside = max(run.unit_seconds - run.render_seconds, 0.0)
         report["run"] = {
-            "rendered": run.rendered, "unchanged": run.unchanged, "failed": {str(k): v for k, v in run.failed.items()},
+            "rendered": run.rendered, "unchanged": run.unchanged, "removed": run.removed,
+            "failed": {str(k): v for k, v in run.failed.items()},
             "wall_seconds": round(run.wall_seconds, 3), "render_seconds": round(run.render_seconds, 3),
+            # Of the workers' main-thread time. The numpy work of the workers' helper threads
+            # (helper_seconds) runs beside the render calls, so on a CPU render it takes cores from them.
             "share_outside_render": round(outside / run.unit_seconds, 4) if run.unit_seconds else None,
+            "helper_seconds": round(run.phase_seconds.get("prepare", 0.0) + run.phase_seconds.get("encode_seconds", 0.0), 3),
         }
     return report
 
@@ -61,8 +65,8 @@ def markdown(report: dict) -> str:
     if "run" in report:
         r = report["run"]
         lines += ["", "## This run", "", f"rendered {r['rendered']}, unchanged {r['unchanged']}, "
-                  f"failed {len(r['failed'])}; wall {r['wall_seconds']} s, in Blender's render call "
-                  f"{r['render_seconds']} s"]
+                  f"removed {r.get('removed', 0)} of another run, failed {len(r['failed'])}; wall {r['wall_seconds']} s, "
+                  f"in Blender's render call {r['render_seconds']} s"]
         lines += [f"- unit {k}: {msg}" for k, msg in r["failed"].items()]
     return "\n".join(lines) + "\n"
 

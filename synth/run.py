@@ -39,6 +39,12 @@ from .core.scene import SceneConfig, unit_seed
 from .core.user_rig import load_joint_map
 
 
+# Part of every unit's parameters (so of its hash): bump it when the same unit would render to
+# other bytes, so that a resumed or re-run source does not mix images of two generator versions.
+# 2: PNG written by synth/image.py, float32 background noise (2026-11).
+GENERATOR_VERSION = 2
+
+
 @dataclass
 class SynthOptions:
     count: int
@@ -81,6 +87,7 @@ class SynthResult:
     source: str
     rendered: int = 0
     unchanged: int = 0
+    removed: int = 0  # images of another run under the same source, taken out of it
     failed: dict[int, str] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
     images: int = 0
@@ -157,7 +164,7 @@ def _unit_params(opts: SynthOptions, index: int, pool: list[dict], rig: dict | N
     cfg.update(width=opts.width, height=opts.height)
     seed = unit_seed(opts.seed, index)
     params = {"run_seed": opts.seed, "index": index, "seed": seed, "config": cfg,
-              "engine": opts.engine, "samples": opts.samples, "format": opts.format}
+              "engine": opts.engine, "samples": opts.samples, "format": opts.format, "generator": GENERATOR_VERSION}
     if pool:
         params["background"] = pick_background(pool, seed)
     if rig is not None:
@@ -260,7 +267,7 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
             # Rows are built as each image lands, while the workers render on: only the store's
             # transaction (its lock, shard appends and commit) waits for the end.
             staged[index] = _stage_unit(source, opts, by_index[index], out, result)
-        _write_store(store, source, opts, todo, staged)
+        _write_store(store, source, opts, todo, staged, result)
     result.wall_seconds = time.perf_counter() - t0
     from .report import build_report, write_report
 
@@ -314,17 +321,26 @@ class _Slot:
     launches: int = 0
 
 
-def _culprit(slot: _Slot) -> int:
-    """Position in ``slot.pending`` of the unit a dead or stalled worker was rendering: the last one
-    it marked as started. Units before it whose results are missing were still being written by
-    the worker's helper thread; they are rendered again, without counting an attempt against them."""
+def _culprit(slot: _Slot) -> tuple[int, str | None]:
+    """Position in ``slot.pending`` of the unit a dead or stalled worker failed on, and the error it
+    left: the first unit with a ``.failed`` note (its preparation, render or finishing raised),
+    else the last one it marked as started. Units before it whose results are missing were still
+    being written by the worker's helper thread; they are rendered again, without counting an
+    attempt against them."""
+    for n, p in enumerate(slot.pending):
+        note = slot.job_dir / f"{p['index']}.failed"
+        if note.exists():
+            try:
+                return n, str(json.loads(note.read_bytes())["error"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return n, None
     started = [n for n, p in enumerate(slot.pending) if (slot.job_dir / f"{p['index']}.rendering").exists()]
-    return started[-1] if started else 0
+    return (started[-1] if started else 0), None
 
 
 def _launch(slot: _Slot, opts: SynthOptions) -> None:
     slot.launches += 1
-    for marker in slot.job_dir.glob("*.rendering"):  # only this launch's marks count
+    for marker in [*slot.job_dir.glob("*.rendering"), *slot.job_dir.glob("*.failed")]:  # this launch's count
         marker.unlink()
     job = {
         "out": str(slot.job_dir), "engine": opts.engine, "samples": opts.samples, "format": opts.format,
@@ -380,7 +396,9 @@ def _render(todo: list[dict], opts: SynthOptions, out: Path, result: SynthResult
                     if (slot.job_dir / f"{slot.pending[0]['index']}.json").exists():
                         continue  # it finished the unit just before exiting: collect it next round
                     reason = f"worker exited with code {code}"
-                at = _culprit(slot)
+                at, error = _culprit(slot)
+                if error:
+                    reason = f"{error} ({reason})"
                 index = slot.pending[at]["index"]
                 result.attempts[index] = result.attempts.get(index, 0) + 1
                 if result.attempts[index] > opts.retries:
@@ -407,10 +425,18 @@ class _Staged:
 
 
 def _write_store(store: PoseStore, source: str, opts: SynthOptions, todo: list[dict],
-                 staged: dict[int, _Staged]) -> None:
-    if not todo:
+                 staged: dict[int, _Staged], result: SynthResult) -> None:
+    if not todo and source not in store.sources():
         return
     with store.transaction(source) as tx:
+        # A source holds one run: images no index of this run (seed, count) gives, from an earlier
+        # --count or --seed under the same --source, leave it (their bytes stay until `posepipe gc`).
+        held = tx.known_files()  # only synth_run writes synth/ sources: every file is a unit key
+        if held:
+            run = {file_key(source, unit_seed(opts.seed, i)) for i in range(opts.count)}
+            for stale in (f for f in held if f not in run):
+                tx.remove_file(stale)
+                result.removed += 1
         for p in todo:  # in unit order, whatever order they landed in: same shard bytes every run
             unit = staged[p["index"]]
             if unit.image is not None:
@@ -445,8 +471,8 @@ def _stage_unit(source: str, opts: SynthOptions, p: dict, out: Path, result: Syn
     result.unit_seconds += timing["unit_seconds"]
     for phase, secs in timing.items():
         result.phase_seconds[phase] = result.phase_seconds.get(phase, 0.0) + secs
-    provenance = {"generator": "posepipe-synth", "run_seed": opts.seed, "index": index, "seed": seed,
-                  "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
+    provenance = {"generator": "posepipe-synth", "generator_version": GENERATOR_VERSION, "run_seed": opts.seed,
+                  "index": index, "seed": seed, "engine": ann["engine"], "samples": ann["samples"], "device": ann["device"],
                   "render_seconds": timing["render_seconds"], "camera": ann["camera"],
                   "background": ann["background"] or "procedural"}
     image_row = {

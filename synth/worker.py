@@ -129,12 +129,32 @@ class _Inline:
         return future
 
 
+def _fail(out: Path, index: int, exc: BaseException) -> None:
+    """Leave ``<index>.failed`` naming the error, so the parent blames this unit and says why."""
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    atomic.write_bytes(out / f"{index}.failed", orjson.dumps({"error": reason}), durable=False)
+
+
+def _guarded(index: int, notes: Path, fn, /, *args, **kwargs):
+    """``fn`` for unit ``index``, its failure noted in ``notes`` as that unit's (it may run on the
+    helper thread while another unit renders, so the render marks alone would blame the wrong one)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        _fail(notes, index, exc)
+        raise
+
+
 def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict,
               crash_on: frozenset = frozenset(), hang_on: frozenset = frozenset()) -> None:
     """Render ``units`` in order, pipelined: the helper thread's work for unit k-1 (finish) and
     unit k+1 (prepare) is handed over just as Blender's render call for unit k starts, so it runs
     while the main thread waits in that call rather than competing with it for the GIL while it
-    builds the scene."""
+    builds the scene.
+
+    A unit whose preparation, render or finishing fails leaves ``<index>.failed`` and the worker
+    exits with an error, after writing every unit it had rendered; the parent retries or records
+    that unit and relaunches for the rest."""
     out, fmt, cfg = Path(job["out"]), job["format"], _config(job)
     units = [u for u in units if not (out / f"{u['index']}.json").exists()]
     if not units:
@@ -142,12 +162,25 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
     pipelined = job.get("pipeline", True)
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="posepipe-synth-numpy") if pipelined
           else _Inline()) as helper:
-        next_prep: Future = helper.submit(prepare, units[0], cfg)
+        t_cycle = time.perf_counter()
+        next_prep: Future = helper.submit(_guarded, units[0]["index"], out, prepare, units[0], cfg)
         finishing: Future | None = None
         done: tuple | None = None  # the previous unit's (prepared, result, timing), to finish
-        t_cycle = time.perf_counter()
+
+        def finish_now(prep, result, timing) -> None:  # on the way out after a failure: keep what rendered
+            _guarded(prep.unit["index"], out, finish, prep, result, timing, fmt=fmt, out=out)
+
         for k, unit in enumerate(units):
-            prep = next_prep.result()
+            index = unit["index"]
+            # Marked before its preparation is awaited: if the worker dies or stalls from here on,
+            # this is the unit it was on.
+            (out / f"{index}.rendering").touch()
+            try:
+                prep = next_prep.result()
+            except Exception:
+                if done is not None:
+                    finish_now(*done)
+                raise
 
             handed: list[bool] = []
 
@@ -157,29 +190,37 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
                     return
                 handed.append(True)
                 if done is not None:
-                    finishing = helper.submit(finish, *done, fmt=fmt, out=out)
+                    finishing = helper.submit(_guarded, done[0].unit["index"], out, finish, *done, fmt=fmt, out=out)
                 if k + 1 < len(units):
-                    next_prep = helper.submit(prepare, units[k + 1], cfg)
+                    next_prep = helper.submit(_guarded, units[k + 1]["index"], out, prepare, units[k + 1], cfg)
 
-            (out / f"{unit['index']}.rendering").touch()
-            # Test hooks, acting as a failure inside the render call would: a crash loses the
-            # previous unit's results (the parent must not blame that unit); a hang does not.
-            if unit["index"] in crash_on:
+            # Test hooks. The crash stands for a failure while building the scene, before the
+            # previous unit is handed over: its results are lost and the parent must not blame it.
+            if index in crash_on:
                 os._exit(3)
-            if unit["index"] in hang_on:
+            if index in hang_on:
                 hand_over()
                 time.sleep(3600)
-            result = renderer.render(prep.spec, cfg, workdir, world_rgb=prep.world_rgb, posed=prep.posed,
-                                     on_render=hand_over)
+            try:
+                result = renderer.render(prep.spec, cfg, workdir, world_rgb=prep.world_rgb, posed=prep.posed,
+                                         on_render=hand_over)
+            except Exception as exc:
+                _fail(out, index, exc)
+                raise
             hand_over()  # a no-op: the renderer calls it just before its render call
-            if finishing is not None:
-                finishing.result()  # the previous unit is written (and its errors raised here)
             now = time.perf_counter()
-            # unit_seconds: this unit's share of the main thread's wall time, so that over a run
-            # they add up to the loop's wall time, whatever ran beside the render call.
-            done = (prep, result, {"unit_seconds": now - t_cycle, **setup})
+            # unit_seconds: this unit's share of the main thread's wall time (the first one's
+            # includes its own preparation, which nothing ran beside).
+            timing = {"unit_seconds": now - t_cycle, **setup}
             setup, t_cycle = {}, now  # the worker's one-off setup rides on its first image only
-        finish(*done, fmt=fmt, out=out)
+            if finishing is not None:
+                try:
+                    finishing.result()  # the previous unit is written (and its errors raised here)
+                except Exception:
+                    finish_now(prep, result, timing)
+                    raise
+            done = (prep, result, timing)
+        finish_now(*done)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -309,3 +311,15 @@ def test_units_must_be_a_slice_of_the_run(tmp_path, monkeypatch):
     assert list(SynthOptions(count=10, seed=0, units=(3, 5)).indices()) == [3, 4]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert render_threads(SynthOptions(count=10, seed=0, workers=4, units=(0, 1))) == 8  # one image: one worker
+
+
+def test_a_dead_worker_is_blamed_on_the_unit_it_noted_else_the_one_it_was_on(tmp_path):
+    from posepipe.synth.run import _culprit, _Slot
+
+    slot = _Slot([{"index": i} for i in (4, 5, 6, 7)], tmp_path)
+    assert _culprit(slot) == (0, None)  # nothing marked: died starting up
+    for i in (4, 5, 6):
+        (tmp_path / f"{i}.rendering").touch()
+    assert _culprit(slot) == (2, None)  # on unit 6; 4 and 5 were still being written beside it
+    (tmp_path / "5.failed").write_text(json.dumps({"error": "OSError: [Errno 28] No space left on device"}))
+    assert _culprit(slot) == (1, "OSError: [Errno 28] No space left on device")

@@ -17,16 +17,16 @@ from posepipe.synth.core.scene import unit_seed
 pytest.importorskip("bpy")
 
 
-def _run_worker(tmp: Path, name: str, indices: list[int], **extra) -> Path:
+def _run_worker(tmp: Path, name: str, indices: list[int], expect_rc: int = 0, units=None, **extra) -> Path:
     out = tmp / name
     out.mkdir()
     job = {"out": str(out), "engine": "cycles", "samples": 2, "format": "png", "device": "cpu",
            "config": {"width": 64, "height": 64, "occluder_probability": 0.7},
-           "units": [{"index": i, "seed": unit_seed(99, i)} for i in indices], **extra}
+           "units": units or [{"index": i, "seed": unit_seed(99, i)} for i in indices], **extra}
     (tmp / f"{name}.json").write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "posepipe.synth.worker", str(tmp / f"{name}.json")],
                           capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == expect_rc, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
 
@@ -77,6 +77,20 @@ def test_same_seed_gives_identical_bytes(rendered, tmp_path, pipeline):
         b = json.loads((again / f"{i}.json").read_text())
         a.pop("timing"), b.pop("timing")
         assert a == b
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
+def test_a_unit_that_fails_beside_a_render_is_the_one_noted(tmp_path, pipeline):
+    # Unit 2's background photo is not an image: its preparation fails on the helper thread
+    # while unit 1 renders. The note names unit 2 and the error; units 0 and 1 are written.
+    bad = tmp_path / "not-a-photo.jpg"
+    bad.write_bytes(b"these bytes are no image")
+    units = [{"index": i, "seed": unit_seed(99, i)} for i in range(4)]
+    units[2]["background"] = {"path": str(bad), "image_id": "x", "source": "s", "sha256": "0" * 64}
+    out = _run_worker(tmp_path, "f", [], expect_rc=1, units=units, pipeline=pipeline)
+    assert (out / "0.json").exists() and (out / "1.json").exists() and not (out / "2.json").exists()
+    assert sorted(p.name for p in out.glob("*.failed")) == ["2.failed"]
+    assert "UnidentifiedImageError" in json.loads((out / "2.failed").read_text())["error"]
 
 
 KNOWN_POSE = textwrap.dedent("""

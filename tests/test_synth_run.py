@@ -194,3 +194,18 @@ def test_bvh_clips_pose_people_and_bad_clips_are_user_errors(store, tmp_path):
     armless.write_text(clip.read_text().replace("LeftArm", "LeftWing"))
     with pytest.raises(PosepipeError, match=r"armless.bvh: no joint for upper_arm.L: one of LeftArm"):
         synth_run(store, _opts(bvh=(str(armless),)))
+
+
+def test_a_source_holds_one_run(store):
+    # Two slices of one run fill it; a later --count or --seed under the same --source replaces it.
+    first = synth_run(store, _opts(count=3, workers=1, units=(0, 2), source="synth/one"))
+    second = synth_run(store, _opts(count=3, workers=1, units=(2, 3), source="synth/one"))
+    assert (first.rendered, second.rendered, first.removed, second.removed) == (2, 1, 0, 0)
+    keys = set(store.batches(["synth/one"]).column("source_file").to_pylist())
+    assert keys == {f"synth:synth/one/{unit_seed(5, i)}" for i in range(3)}
+    fewer = synth_run(store, _opts(count=2, workers=1, source="synth/one"))
+    assert (fewer.rendered, fewer.unchanged, fewer.removed) == (0, 2, 1)
+    assert store.images(["synth/one"]).num_rows == 2
+    other = synth_run(store, _opts(count=1, seed=6, workers=1, source="synth/one"))
+    assert (other.rendered, other.removed) == (1, 2)
+    assert store.batches(["synth/one"]).column("source_file").to_pylist() == [f"synth:synth/one/{unit_seed(6, 0)}"]
