@@ -166,7 +166,7 @@ class PoseStore:
         Transactions on other sources, and readers, go on meanwhile."""
         validate_source_name(source)
         self._create()
-        source_lock = self.root / ".locks" / f"source-{_source_dir_name(source)}.lock"
+        source_lock = self._source_lock(_source_dir_name(source))
         with _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_SH), _flock(source_lock, fcntl.LOCK_EX):
             self._recover_crashed(skip_locked=source)
             tx = Transaction(self, source)
@@ -212,13 +212,18 @@ class PoseStore:
                 with self.excluding_readers():
                     _recover(source_dir)
                 continue
-            with open(self.root / ".locks" / f"source-{source_dir.name}.lock", "a+") as handle:
+            with open(self._source_lock(source_dir.name), "a+") as handle:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue
                 with self.excluding_readers():
                     _recover(source_dir)
+
+    def _source_lock(self, dir_name: str) -> Path:
+        # A source's folder name may be up to the filesystem's limit: long ones are locked by hash.
+        name = dir_name if len(dir_name) <= 200 else schema.short_hash(dir_name, length=32)
+        return self.root / ".locks" / f"source-{name}.lock"
 
     def _create(self) -> None:
         (self.root / ".locks").mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,10 @@ def test_gc_waits_for_a_writer_and_keeps_its_new_shard(tmp_path, mini):
         data = store.read_image(row["shard"], row["offset"], row["num_bytes"])
         assert hashlib.sha256(data).hexdigest() == row["sha256"]
     assert json.loads((store.root / "STORE.json").read_text())["schema_version"]
+
+
+def test_a_source_name_as_long_as_its_folder_may_be_still_gets_a_lock(tmp_path):
+    store = PoseStore(tmp_path / "store")
+    with store.transaction("a" * 240):
+        pass  # its lock file would be 252 characters: it is named by hash
+    assert len(list((store.root / ".locks").glob("source-*.lock"))) == 1
