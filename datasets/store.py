@@ -94,7 +94,7 @@ class PoseStore:
             return []
         names = []
         for d in sorted(self.tables_dir.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and (d / "batches.parquet").exists():
+            if d.is_dir() and not d.name.startswith(".") and _committed_path(d, "batches").exists():
                 names.append(urllib.parse.unquote(d.name))
         return sorted(names)
 

@@ -139,6 +139,17 @@ def test_crash_after_journal_is_rolled_forward(coco_store):
     assert pq.read_table(src / "instances.parquet").num_rows == 10
 
 
+def test_a_new_source_whose_first_commit_crashed_after_its_journal_is_read(coco_store):
+    src = coco_store.source_dir("fresh")
+    src.mkdir(parents=True)
+    for name in ("images", "instances", "rejects", "batches"):
+        pq.write_table(pq.read_table(coco_store.source_dir("coco-val") / f"{name}.parquet"),
+                       src / f".{name}.parquet.pending")
+    (src / ".commit.json").write_text(json.dumps(["images", "instances", "rejects", "batches"]))
+    reader = PoseStore(coco_store.root)
+    assert "fresh" in reader.sources() and reader.instances(["fresh"]).num_rows == 118
+
+
 def test_crash_before_journal_is_discarded(coco_store):
     src = coco_store.source_dir("coco-train")
     pq.write_table(pq.read_table(src / "instances.parquet").slice(0, 3), src / ".instances.parquet.pending")
