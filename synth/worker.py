@@ -206,6 +206,8 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
                                          on_render=hand_over)
             except Exception as exc:
                 _fail(out, index, exc)
+                if not handed and done is not None:  # it failed building the scene: keep the previous unit
+                    finish_now(*done)
                 raise
             hand_over()  # a no-op: the renderer calls it just before its render call
             now = time.perf_counter()
