@@ -24,7 +24,9 @@ Locks (``flock``, so a crashed process releases its own):
   whole transaction (reading, checking, hashing and appending images included).
 * ``.locks/write.lock``: every transaction holds it shared, so writers of different sources run
   side by side; ``posepipe gc`` holds it exclusive, so it never sees a writer's unreferenced
-  new shard or temporary file.
+  new shard or temporary file. Writers pass ``.locks/gate.lock`` (shared) to take it, and gc
+  closes that gate (exclusive) while it waits, so a stream of overlapping writers cannot keep
+  it waiting for ever (``flock`` itself does not favour a waiting exclusive lock).
 * ``.lock``: readers hold it shared for one read; a commit holds it exclusive only while it
   writes its journal and renames its files (milliseconds), so nobody reads half a commit and
   nobody waits for a whole ingest.
@@ -167,7 +169,10 @@ class PoseStore:
         validate_source_name(source)
         self._create()
         source_lock = self._source_lock(_source_dir_name(source))
-        with _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_SH), _flock(source_lock, fcntl.LOCK_EX):
+        with contextlib.ExitStack() as held:
+            with _flock(self.root / ".locks" / "gate.lock", fcntl.LOCK_SH):
+                held.enter_context(_flock(self.root / ".locks" / "write.lock", fcntl.LOCK_SH))
+            held.enter_context(_flock(source_lock, fcntl.LOCK_EX))
             self._recover_crashed(skip_locked=source)
             tx = Transaction(self, source)
             try:
@@ -181,7 +186,8 @@ class PoseStore:
     def exclusive(self) -> Iterator[None]:
         """No writer and no reader but this thread (``posepipe gc``); crashed commits recovered."""
         self._create()
-        with _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_EX), self.excluding_readers():
+        with _flock(self.root / ".locks" / "gate.lock", fcntl.LOCK_EX), \
+                _flock(self.root / ".locks" / "write.lock", fcntl.LOCK_EX), self.excluding_readers():
             if self.tables_dir.exists():
                 for source_dir in self.tables_dir.iterdir():
                     _recover(source_dir)

@@ -142,3 +142,19 @@ def test_a_source_name_as_long_as_its_folder_may_be_still_gets_a_lock(tmp_path):
     with store.transaction("a" * 240):
         pass  # its lock file would be 252 characters: it is named by hash
     assert len(list((store.root / ".locks").glob("source-*.lock"))) == 1
+
+
+def test_a_waiting_gc_is_not_starved_by_new_writers(tmp_path, mini):
+    train, val, images = mini
+    store = PoseStore(tmp_path / "store")
+    with HeldIngest(store, train, images, "a"):
+        gc, gc_out = _in_thread(lambda: collect_garbage(PoseStore(store.root)))
+        gc.join(1.0)
+        assert gc.is_alive()  # waits for the open ingest
+        late, late_out = _in_thread(lambda: ingest_coco(PoseStore(store.root), val, images.parent / "val2017", "b"))
+        late.join(1.0)
+        assert late.is_alive()  # a writer arriving now waits behind the gc, instead of overlapping the first
+    for thread, out in ((gc, gc_out), (late, late_out)):
+        thread.join(WAIT)
+        assert not thread.is_alive() and "error" not in out, out.get("error")
+    assert PoseStore(store.root).sources() == ["a", "b"]
