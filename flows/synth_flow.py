@@ -72,15 +72,9 @@ class SynthSpec:
 
 def unit_slices(spec: SynthSpec) -> list[tuple[int, int]]:
     """(first, stop) image indices per slice: contiguous, as even as possible, covering 0..images-1."""
-    n = max(1, min(spec.slices, spec.images))
-    base, extra = divmod(spec.images, n)
-    out, first = [], 0
-    for k in range(n):
-        stop = first + base + (k < extra)
-        if stop > first:
-            out.append((first, stop))
-        first = stop
-    return out
+    from posepipe.synth.run import contiguous_ranges
+
+    return contiguous_ranges(spec.images, min(spec.slices, spec.images)) if spec.images else []
 
 
 def render_slice(store: str, spec_dict: dict, first: int, stop: int) -> dict:

@@ -300,16 +300,21 @@ def _already_done(store: PoseStore, source: str, params: list[dict]) -> set[int]
     return {p["index"] for p in params if have.get(file_key(source, p["seed"])) == _params_hash(p)}
 
 
-def _slices(items: list, n: int) -> list[list]:
-    """n contiguous, near-equal slices (empty ones dropped): worker w always gets the same seeds."""
-    size, extra = divmod(len(items), n)
+def contiguous_ranges(count: int, n: int) -> list[tuple[int, int]]:
+    """(first, stop) of n contiguous, near-equal parts of range(count), empty ones dropped."""
+    size, extra = divmod(count, max(1, n))
     out, start = [], 0
-    for w in range(n):
-        end = start + size + (1 if w < extra else 0)
+    for k in range(max(1, n)):
+        end = start + size + (1 if k < extra else 0)
         if end > start:
-            out.append(items[start:end])
+            out.append((start, end))
         start = end
     return out
+
+
+def _slices(items: list, n: int) -> list[list]:
+    """n contiguous, near-equal slices (empty ones dropped): worker w always gets the same seeds."""
+    return [items[a:b] for a, b in contiguous_ranges(len(items), n)]
 
 
 @dataclass
