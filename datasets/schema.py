@@ -114,6 +114,10 @@ INSTANCES_SCHEMA = pa.schema(
         ("record_index", pa.int64()),
         ("annotator", pa.string()),
         ("batch_id", pa.string()),
+        # Model predictions (``pred/`` sources, posepipe predict): per-joint and per-person
+        # confidence in 0..1; null for human labels.
+        ("keypoint_scores", pa.list_(pa.float32())),  # 17 values (variable-size: Parquet loses null fixed-size lists)
+        ("score", pa.float64()),
     ]
 )
 

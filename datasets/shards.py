@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import tarfile
 import uuid
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class ShardReader:
         self.shard_dir = Path(shard_dir)
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
+        self._opening = threading.Lock()  # reads may come from several threads (evaluation's crop pool)
 
     def read(self, shard: str, offset: int, num_bytes: int) -> bytes:
         if os.getpid() != self._pid:  # a forked worker opens its own descriptors
@@ -154,8 +156,11 @@ class ShardReader:
             parts = shard.split("/")
             if len(parts) > 2 or any(not p or p.startswith(".") for p in parts):
                 raise ValueError(f"bad shard name {shard!r}")
-            fd = os.open(self.shard_dir / shard, os.O_RDONLY)
-            self._fds[shard] = fd
+            with self._opening:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    fd = os.open(self.shard_dir / shard, os.O_RDONLY)
+                    self._fds[shard] = fd
         data = os.pread(fd, int(num_bytes), int(offset))
         if len(data) != num_bytes:
             raise OSError(f"shard {shard} is shorter than its index says (offset {offset})")

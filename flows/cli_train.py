@@ -26,10 +26,13 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train (or --max-steps)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly."),
+        init: Optional[str] = typer.Option(
+            None, "--init", help="Start from pretrained weights: a model name (movenet-thunder; pulled on first use), "
+                                 "a pulled model's folder, or a posepipe checkpoint.pt. Replaces --model."),
         store: Optional[Path] = typer.Option(None, "--store", help="Store root (default: the manifest's)."),
         json_out: bool = JsonOption,
     ) -> None:
-        """Train the heatmap model with DistributedDataParallel under torchrun, then evaluate on val.
+        """Train a pose model with DistributedDataParallel under torchrun, then evaluate on val.
 
         Flags after `--` go to the training loop unchanged, e.g. `-- --batch-size 64 --lr 2e-3 --ohkm
         --ratio 1:3 --workers 4 --seed 1` (see `python -m posepipe.training.train --help`).
@@ -41,7 +44,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
 
         cfg = LaunchConfig(manifest=manifest, out=out, model=model, nproc=nproc, nnodes=nnodes,
                            rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id, epochs=epochs, max_steps=max_steps,
-                           resume=resume, store=store, train_args=list(ctx.args))
+                           resume=resume, store=store, train_args=list(ctx.args), init=init)
         code = run(cfg)
         if code:
             raise PosepipeError(f"training failed (torchrun exit {code}); see the messages above")

@@ -87,9 +87,14 @@ class PipelineConfig:
                    extra_real=list(section.get("real") or []))
 
     @property
+    def held_out(self) -> list[str]:
+        """Real sources kept out of the mix to score on (``pipeline.train.val_sources``)."""
+        return list(self.train.val_sources) if self.train else []
+
+    @property
     def real_sources(self) -> list[str]:
         names = [s.source for s in self.coco] + [s.source for s in self.labelme] + self.extra_real
-        return list(dict.fromkeys(names))
+        return [n for n in dict.fromkeys(names) if n not in self.held_out]
 
     @property
     def synth_sources(self) -> list[str]:
@@ -98,6 +103,13 @@ class PipelineConfig:
     def check(self) -> None:
         if not self.coco and not self.labelme and not self.extra_real:
             raise PosepipeError(f"{self.params}: pipeline.ingest lists no coco or labelme source")
+        ingested = {s.source for s in self.coco} | {s.source for s in self.labelme} | set(self.extra_real)
+        missing = [s for s in self.held_out if s not in ingested]
+        if missing:
+            raise PosepipeError(f"{self.params}: pipeline.train.val_sources names {missing[0]!r}, which pipeline.ingest "
+                                f"does not ingest (known: {', '.join(sorted(ingested))})")
+        if not self.real_sources:
+            raise PosepipeError(f"{self.params}: every real source is held out for validation; nothing is left to train on")
         ingest_flow.check_inputs(self.coco, self.labelme)
 
 
@@ -165,7 +177,7 @@ def stage_export(cfg: PipelineConfig) -> dict:
 def stage_report(cfg: PipelineConfig, summary: Mapping[str, Any] | None = None) -> str:
     from posepipe.flows.report import ReportInputs, write_report
 
-    inputs = ReportInputs(store=cfg.store, real_sources=cfg.real_sources, synth_sources=cfg.synth_sources,
+    inputs = ReportInputs(store=cfg.store, real_sources=cfg.real_sources + cfg.held_out, synth_sources=cfg.synth_sources,
                           mix_dir=cfg.out / "mix", train_dir=cfg.out / "train", export_dir=cfg.out / "export",
                           summary=summary)
     return str(write_report(inputs, cfg.out / REPORT_NAME))

@@ -38,6 +38,8 @@ class TrainSpec:
     """One training configuration (params.yaml ``pipeline.train``; unknown keys are refused)."""
 
     model: str = "tiny"
+    init: str | None = None  # pretrained start (posepipe train --init): a model name, folder or checkpoint.pt
+    val_sources: list[str] = field(default_factory=list)  # held-out sources to score on (kept out of the mix)
     nproc: int = 2
     max_steps: int | None = 20
     epochs: int | None = None
@@ -74,9 +76,12 @@ def launch_config(spec: TrainSpec, manifest: str | Path, out: str | Path, store:
 
     args = ["--batch-size", str(spec.batch_size), "--ratio", spec.ratio, "--lr", str(spec.lr),
             "--seed", str(spec.seed), "--workers", str(spec.workers), *spec.extra_args]
+    if spec.val_sources:
+        args += ["--val-sources", *spec.val_sources]
     return LaunchConfig(manifest=Path(manifest), out=Path(out), model=spec.model, nproc=spec.nproc,
                         epochs=spec.epochs, max_steps=spec.max_steps, resume=resume,
-                        store=Path(store) if store else None, threads=spec.threads, train_args=args)
+                        store=Path(store) if store else None, threads=spec.threads, train_args=args,
+                        init=spec.init or None)
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -177,7 +182,8 @@ def export_int8(spec: TrainSpec, manifest: str, train_out: str, out: str, store:
     from posepipe.training.export import ExportOptions, export_model
     from posepipe.training.train import CHECKPOINT
 
-    opts = ExportOptions(calibration=spec.calibration, latency_runs=spec.latency_runs, seed=spec.seed)
+    opts = ExportOptions(calibration=spec.calibration, latency_runs=spec.latency_runs, seed=spec.seed,
+                         val_sources=list(spec.val_sources) or None)
     return export_model(Path(train_out) / CHECKPOINT, out, manifest, store, opts)
 
 

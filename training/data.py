@@ -20,10 +20,11 @@ from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.instance_dataset import Instances
 from posepipe.datasets.store import PoseStore
 
-from .heatmaps import gaussian_targets
+from .heatmaps import centernet_targets, gaussian_targets
 from .model import HEATMAP_STRIDE
 from .transforms import AugmentConfig, PixelAugment, top_down_crop, to_input
 
+TARGETS = ("heatmaps", "centernet")
 MANIFEST_COLUMNS = ("instance_id", "image_id", "source", "source_kind", "weight", "split")
 
 
@@ -84,6 +85,7 @@ class PoseDataset(torch.utils.data.Dataset):
         seed: int = 0,
         augment: AugmentConfig | None = None,
         sigma: float = 2.0,
+        targets: str = "heatmaps",
     ):
         self.store = store
         self.instances = instances
@@ -94,6 +96,9 @@ class PoseDataset(torch.utils.data.Dataset):
         self.augment = (augment or AugmentConfig()) if train else None
         self.pixel = PixelAugment(self.augment.pixel_prob) if train else None
         self.sigma = sigma
+        if targets not in TARGETS:
+            raise PosepipeError(f"unknown target kind {targets!r}; known: {', '.join(TARGETS)}")
+        self.targets = targets  # "heatmaps" (PoseNet) or "centernet" (MoveNet's four heads)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,17 +119,14 @@ class PoseDataset(torch.utils.data.Dataset):
         pixels = crop.image
         if self.pixel is not None:
             pixels = self.pixel(pixels, int(rng.integers(2**31)))
-        joints = crop.joints.copy()
-        joints[:, :2] /= HEATMAP_STRIDE
-        target, weight = gaussian_targets(joints, self.heatmap_size, self.sigma)
-        return {
-            "image": to_input(pixels),
-            "target": target,
-            "target_weight": weight,
-            "index": i,
-            "center": crop.center,
-            "scale": crop.scale,
-        }
+        sample = {"image": to_input(pixels), "index": i, "center": crop.center, "scale": crop.scale}
+        if self.targets == "centernet":
+            sample.update(centernet_targets(crop.joints, self.input_size, HEATMAP_STRIDE))
+        else:
+            joints = crop.joints.copy()
+            joints[:, :2] /= HEATMAP_STRIDE
+            sample["target"], sample["target_weight"] = gaussian_targets(joints, self.heatmap_size, self.sigma)
+        return sample
 
     def __getitem__(self, i: int) -> dict:
         s = self.sample(int(i))

@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from posepipe.datasets import atomic
+from posepipe.models import onnx_io
 from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.store import PoseStore
@@ -35,13 +35,14 @@ from . import evaluate
 from posepipe.datasets.instance_dataset import Instances, load_instances
 
 from .data import PoseDataset, load_manifest
-from .model import ModelConfig, build_model
+from .model import ModelConfig, build_model, inference_module
 
 FP32_NAME = "model.fp32.onnx"
 INT8_NAME = "model.int8.onnx"
-OPSET = 17
-# ONNX FP32 must agree with PyTorch to this much on every heatmap value.
+# ONNX FP32 must agree with PyTorch to this much on every heatmap value; keypoint models, on 99%
+# of their coordinates and scores (an arg-max tie between two cells may fall either way).
 MAX_ABS_DIFF = 1e-3
+MAX_KEYPOINT_DIFF = 0.05
 TARGETS = {"size_ratio": 0.3, "latency_ratio": 0.5, "ap_drop_points": 1.0}
 
 
@@ -52,7 +53,7 @@ class ExportOptions:
     latency_runs: int = 50
     threads: int = 0  # ONNX Runtime intra-op threads; 0: its default (all cores)
     seed: int = 0
-    val_sources: list[str] | None = None  # when the manifest has no real val rows
+    val_sources: list[str] | None = None  # held-out sources to score on (else the manifest's real val rows)
     quant_format: str = "qdq"  # "qdq" (QuantizeLinear/DequantizeLinear pairs) or "qoperator" (QLinearConv...)
     per_channel: bool = True  # one weight scale per output channel (else one per tensor)
     activations: str = "uint8"  # "uint8" (U8S8) or "int8" (S8S8, symmetric activations)
@@ -67,25 +68,67 @@ ACTIVATIONS = ("uint8", "int8")
 
 
 def load_model(checkpoint: Path):
+    """A checkpoint's model in its inference form (heatmaps, or decoded keypoints) and its config."""
     from .train import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     config = ModelConfig.from_dict(ckpt["config"])
     model = build_model(config)
     model.load_state_dict(ckpt["model"])
-    return model.eval(), config
+    return inference_module(model).eval(), config
+
+
+def model_metadata(config: ModelConfig) -> dict[str, str]:
+    """What the ONNX file says of itself: its name, and for fine-tuned models the licence and
+    origin of the weights it started from."""
+    meta = {"name": config.name, "arch": config.arch}
+    init = config.init or {}
+    while "from" in init and "model" not in init:  # a checkpoint that started from a checkpoint...
+        init = init["from"] or {}
+    if init.get("model"):
+        meta["licence"] = f"{init.get('licence')} (fine-tuned from {init['model']})"
+        meta["origin"] = str(init.get("origin"))
+    return meta
 
 
 def export_fp32(model, config: ModelConfig, target: Path) -> None:
-    import torch
+    from posepipe.models.onnx_io import export
 
-    h, w = config.input_size
-    with atomic.atomic_path(target) as tmp, warnings.catch_warnings():
-        # The TorchScript exporter: the dynamo one needs onnxscript, which this project does not ship.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(1, 3, h, w),), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["heatmaps"],
-                          dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}})
+    export(model, config.input_size, target, config.output, model_metadata(config))
+
+
+def decode_nodes(fp32: Path, config: ModelConfig) -> list[str]:
+    """For keypoint models: the nodes after the network's heads (sigmoids, arg-max decoding).
+
+    They stay in float: their arithmetic on coordinates and arg-max ties would not survive
+    uint8, and they cost little. The heads' own convolutions are quantized like the rest.
+    """
+    import onnx
+
+    from posepipe.models.graph import module_key
+
+    if config.output != "keypoints":
+        return []
+    graph = onnx.load(str(fp32)).graph
+    layers = {layer["name"]: layer for layer in config.graph["layers"]}
+    head_convs = set()
+    for name in config.graph["outputs"].values():
+        layer = layers[name]
+        while layer["op"] != "conv":  # a sigmoid head: its convolution is the layer before
+            layer = layers[layer["inputs"][0]]
+        head_convs.add(f"/{module_key(layer['name'])}/Conv")
+    frontier = {t for n in graph.node if n.name in head_convs for t in n.output}
+    if len(frontier) != len(head_convs):
+        raise PosepipeError(f"{fp32}: cannot find the heads' convolutions ({', '.join(sorted(head_convs))})")
+    excluded, changed = set(), True
+    while changed:
+        changed = False
+        for n in graph.node:
+            if n.name not in excluded and any(t in frontier for t in n.input):
+                excluded.add(n.name)
+                frontier.update(n.output)
+                changed = True
+    return sorted(excluded)
 
 
 def session(path: Path, threads: int = 0):
@@ -177,6 +220,11 @@ def quantize_int8(fp32: Path, target: Path, crops: np.ndarray, exclude_nodes: li
     target.with_suffix(".pre.onnx").unlink(missing_ok=True)
 
 
+def onnx_torch_difference(onnx_out: np.ndarray, torch_out: np.ndarray, output: str) -> float:
+    diff = np.abs(np.asarray(onnx_out) - np.asarray(torch_out))
+    return float(diff.max()) if output == "heatmaps" else float(np.percentile(diff, 99))
+
+
 def side_by_side_latency(sessions: dict, image: np.ndarray, runs: int) -> dict[str, float]:
     """Median milliseconds per image, the models taking turns so both see the same machine state."""
     feeds = {k: {s.get_inputs()[0].name: image} for k, s in sessions.items()}
@@ -214,10 +262,10 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
     export_fp32(model, config, fp32_path)
     val_rows = man.split("val")
     val_rows = val_rows[val_rows["source_kind"] == "real"]
-    if len(val_rows):
-        val = evaluate.validation_set(pose_store, val_rows["instance_id"])
-    elif opts.val_sources:
+    if opts.val_sources:  # a held-out set named explicitly wins over the manifest's val rows
         val = evaluate.validation_set(pose_store, sources=opts.val_sources)
+    elif len(val_rows):
+        val = evaluate.validation_set(pose_store, val_rows["instance_id"])
     else:
         raise PosepipeError(f"{man.folder}: the manifest has no real 'val' rows; pass --val-source")
     check_set = PoseDataset(pose_store, _subset(val.instances, slice(0, 16)), config.input_size, train=False)
@@ -225,14 +273,16 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
     fp32 = session(fp32_path, opts.threads)
     with torch.no_grad():
         expected = model(torch.from_numpy(check)).numpy()
-    max_abs_diff = float(np.abs(onnx_predictor(fp32)(check) - expected).max())
-    if max_abs_diff > MAX_ABS_DIFF:
-        raise PosepipeError(f"{fp32_path}: ONNX and PyTorch differ by {max_abs_diff:.2e} (limit {MAX_ABS_DIFF})")
+    max_abs_diff = onnx_torch_difference(onnx_predictor(fp32)(check), expected, config.output)
+    limit = MAX_ABS_DIFF if config.output == "heatmaps" else MAX_KEYPOINT_DIFF
+    if max_abs_diff > limit:
+        raise PosepipeError(f"{fp32_path}: ONNX and PyTorch differ by {max_abs_diff:.2e} (limit {limit})")
 
     train_rows = man.split("train")
     crops, calib_counts = calibration_crops(pose_store, train_rows if len(train_rows) else man.rows, config,
                                             opts.calibration, opts.seed)
-    quantize_int8(fp32_path, int8_path, crops, opts.exclude_nodes, opts)
+    kept_float = decode_nodes(fp32_path, config)
+    quantize_int8(fp32_path, int8_path, crops, list(opts.exclude_nodes) + kept_float, opts)
     int8 = session(int8_path, opts.threads)
 
     latency = side_by_side_latency({"fp32": fp32, "int8": int8}, check[:1], opts.latency_runs)
@@ -243,7 +293,7 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
     size_fp32, size_int8 = fp32_path.stat().st_size, int8_path.stat().st_size
     report = {
         "checkpoint": str(checkpoint), "model": config.name, "input_size": list(config.input_size),
-        "onnxruntime": ort.__version__, "opset": OPSET, "threads": opts.threads or "default",
+        "onnxruntime": ort.__version__, "opset": onnx_io.OPSET, "threads": opts.threads or "default",
         "size_fp32": size_fp32, "size_int8": size_int8, "size_ratio": size_int8 / size_fp32,
         "latency_fp32_ms": latency["fp32"], "latency_int8_ms": latency["int8"],
         "latency_ratio": latency["int8"] / latency["fp32"], "latency_runs": opts.latency_runs,
@@ -252,6 +302,7 @@ def export_model(checkpoint: str | Path, out: str | Path, manifest: str | Path, 
         "metrics_fp32": ap["fp32"], "metrics_int8": ap["int8"],
         "max_abs_diff": max_abs_diff, "validation_people": len(val.instances),
         "calibration_images": calib_counts, "excluded_nodes": list(opts.exclude_nodes),
+        "output": config.output, "decode_nodes_in_float": len(kept_float), "init": config.init,
         "quantization": opts.describe(), "head": config.head,
     }
     report["targets"] = {
@@ -285,7 +336,8 @@ def report_markdown(r: dict) -> str:
         f"<= 1.0 point ({mark(t['ap_drop<=1.0'])}) |",
         "",
         f"Largest absolute difference ONNX FP32 vs PyTorch: {r['max_abs_diff']:.2e}.",
-        f"INT8: {r['quantization']}; model head: {r['head']}.",
-        f"Excluded from quantization: {', '.join(r['excluded_nodes']) or 'nothing'}.",
+        f"INT8: {r['quantization']}; model: {r.get('output', 'heatmaps')} out" + (f", head {r['head']}." if r.get('output', 'heatmaps') == 'heatmaps' else "."),
+        f"Excluded from quantization: {', '.join(r['excluded_nodes']) or 'nothing'}"
+        + (f"; the {r['decode_nodes_in_float']} decoding nodes after the heads stay in float." if r.get("decode_nodes_in_float") else "."),
         "",
     ])

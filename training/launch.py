@@ -35,6 +35,7 @@ class LaunchConfig:
     store: Path | None = None
     train_args: list[str] = field(default_factory=list)  # more flags for training.train, as given
     threads: int | None = None
+    init: str | None = None  # pretrained start: a model name (pulled here first), folder or checkpoint.pt
 
 
 def threads_per_process(nproc: int) -> int:
@@ -47,7 +48,10 @@ def preflight(cfg: LaunchConfig) -> None:
     from posepipe.training.data import load_manifest
     from posepipe.training.model import get_config
 
-    get_config(cfg.model)
+    if cfg.init:
+        _prepare_init(cfg.init)
+    else:
+        get_config(cfg.model)
     if (cfg.epochs is None) == (cfg.max_steps is None):
         raise PosepipeError("give exactly one of --epochs and --max-steps")
     if (cfg.epochs or cfg.max_steps or 0) < 1:
@@ -61,6 +65,23 @@ def preflight(cfg: LaunchConfig) -> None:
         raise PosepipeError(f"{cfg.manifest}/manifest.parquet: no rows with split 'train'")
 
 
+def _prepare_init(init: str) -> None:
+    """A named model is pulled here, once, before any rank starts (ranks only read the cache)."""
+    from posepipe.models import registry
+    from posepipe.models.cache import ModelCache
+
+    if init in registry.MODELS:
+        cache = ModelCache()
+        if cache.manifest(init) is None:
+            from posepipe.models.pull import pull
+
+            sys.stderr.write(f"pulling {init} into {cache.root} (first use)\n")
+            pull(init, cache)
+        cache.verify(init)
+    elif not Path(init).exists():
+        raise PosepipeError(f"--init {init}: no such model name ({', '.join(registry.MODELS)}), folder or checkpoint")
+
+
 def command(cfg: LaunchConfig) -> list[str]:
     """The argument list (never a shell string): torchrun's flags, then the training module's."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(cfg.nproc), "--max-restarts", "0"]
@@ -70,7 +91,8 @@ def command(cfg: LaunchConfig) -> list[str]:
         cmd += ["--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
                 "--rdzv-id", cfg.rdzv_id]
     cmd += ["-m", "posepipe.training.train", "--manifest", str(cfg.manifest), "--out", str(cfg.out),
-            "--model", cfg.model, "--threads", str(cfg.threads or threads_per_process(cfg.nproc))]
+            "--threads", str(cfg.threads or threads_per_process(cfg.nproc))]
+    cmd += ["--init", str(cfg.init)] if cfg.init else ["--model", cfg.model]
     if cfg.store is not None:
         cmd += ["--store", str(cfg.store)]
     cmd += ["--epochs", str(cfg.epochs)] if cfg.epochs is not None else ["--max-steps", str(cfg.max_steps)]

@@ -4,6 +4,10 @@ Xiao et al., "Simple Baselines for Human Pose Estimation": a backbone down to st
 less), transposed convolutions back up to stride 4, and a 1x1 convolution giving one heatmap per
 joint. Width and depth are set by :class:`ModelConfig`; ``tiny`` is for tests, ``base`` for use.
 
+``arch="movenet"`` is a pretrained MoveNet's network (``posepipe.models``: MobileNetV2-FPN, four
+stride-4 heads, decoded to keypoints by ``models.movenet``), whose layer spec travels in the
+config, so a checkpoint is a whole model; ``posepipe train --init movenet-thunder`` starts there.
+
 ``head="upsample"`` (the ``*-up`` configs) replaces each transposed convolution with a nearest
 2x upsample and a 3x3 convolution. ONNX Runtime has no INT8 ConvTranspose kernel on CPU, so the
 ``deconv`` head stays in float after quantization and dominates INT8 latency; the upsample head
@@ -13,7 +17,7 @@ quantizes end to end (Resize on uint8, QLinearConv).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -24,16 +28,27 @@ from posepipe.datasets.schema import NUM_JOINTS
 HEATMAP_STRIDE = 4
 
 
+ARCHS = ("simplebaseline", "movenet")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
     input_size: tuple[int, int]  # (height, width) of the crop fed to the network
-    stem_channels: int
-    stage_channels: tuple[int, ...]
-    stage_blocks: tuple[int, ...]
-    deconv_channels: int
+    stem_channels: int = 0
+    stage_channels: tuple[int, ...] = ()
+    stage_blocks: tuple[int, ...] = ()
+    deconv_channels: int = 0
     num_joints: int = NUM_JOINTS
     head: str = "deconv"  # "deconv" (SimpleBaseline) or "upsample" (nearest 2x + 3x3 conv)
+    arch: str = "simplebaseline"  # or "movenet": ``graph`` holds the network's layer spec
+    graph: dict | None = field(default=None, compare=False, hash=False)
+    init: dict | None = field(default=None, compare=False, hash=False)  # where the starting weights came from
+
+    @property
+    def output(self) -> str:
+        """What the model's inference form outputs (``models.onnx_io``): heatmaps or keypoints."""
+        return "keypoints" if self.arch == "movenet" else "heatmaps"
 
     @property
     def backbone_stride(self) -> int:
@@ -56,12 +71,15 @@ class ModelConfig:
         return cls(
             name=str(d["name"]),
             input_size=tuple(int(v) for v in d["input_size"]),
-            stem_channels=int(d["stem_channels"]),
-            stage_channels=tuple(int(v) for v in d["stage_channels"]),
-            stage_blocks=tuple(int(v) for v in d["stage_blocks"]),
-            deconv_channels=int(d["deconv_channels"]),
+            stem_channels=int(d.get("stem_channels", 0)),
+            stage_channels=tuple(int(v) for v in d.get("stage_channels", ())),
+            stage_blocks=tuple(int(v) for v in d.get("stage_blocks", ())),
+            deconv_channels=int(d.get("deconv_channels", 0)),
             num_joints=int(d.get("num_joints", NUM_JOINTS)),
             head=str(d.get("head", "deconv")),  # checkpoints from before the option have the deconv head
+            arch=str(d.get("arch", "simplebaseline")),
+            graph=d.get("graph"),
+            init=d.get("init"),
         )
 
 
@@ -145,8 +163,27 @@ class PoseNet(nn.Module):
         return self.final(self.head(self.backbone(self.stem(x))))
 
 
-def build_model(config: ModelConfig | str) -> PoseNet:
-    return PoseNet(get_config(config) if isinstance(config, str) else config)
+def build_model(config: ModelConfig | str) -> nn.Module:
+    """The training form: PoseNet (heatmaps out), or a MoveNet network (its four heads, by name, out)."""
+    config = get_config(config) if isinstance(config, str) else config
+    if config.arch == "movenet":
+        from posepipe.models.movenet import Heads
+
+        if not config.graph:
+            raise PosepipeError(f"model {config.name!r}: a movenet config needs its layer spec ('graph')")
+        return Heads(config.graph, config.input_size)
+    if config.arch not in ARCHS:
+        raise PosepipeError(f"model {config.name!r}: unknown architecture {config.arch!r}; known: {', '.join(ARCHS)}")
+    return PoseNet(config)
+
+
+def inference_module(model: nn.Module) -> nn.Module:
+    """The form that evaluation and export run: heatmaps for PoseNet, decoded keypoints for MoveNet."""
+    from posepipe.models.movenet import Heads, SinglePose
+
+    if isinstance(model, Heads):
+        return SinglePose(model.net, model.input_size)
+    return model
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -41,7 +41,8 @@ from . import evaluate
 from posepipe.datasets.instance_dataset import load_instances
 
 from .data import PoseDataset, load_manifest
-from .model import ModelConfig, build_model, get_config
+from .losses import centernet_loss, joints_mse
+from .model import ModelConfig, build_model, get_config, inference_module
 from .transforms import AUGMENT_PRESETS
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", required=True, type=Path, help="manifest folder (posepipe mix)")
     p.add_argument("--store", type=Path, default=None, help="store root (default: the one report.json names)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", default="tiny", help="tiny or base")
+    p.add_argument("--model", default="tiny", help="tiny, base, tiny-up or base-up (from scratch); ignored with --init")
+    p.add_argument("--init", default=None,
+                   help="start from these weights: a pulled model's name or folder (movenet-thunder), or a checkpoint.pt")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="per rank; a multiple of the ratio's block")
@@ -68,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", default="default", choices=sorted(AUGMENT_PRESETS),
                    help="augmentation preset: default (HRNet's), light (small sets, few steps), none (sanity checks)")
     p.add_argument("--val-sources", nargs="*", default=None,
-                   help="store sources to validate on when the manifest has no real val rows")
+                   help="store sources to validate on (held out from the mix), instead of the manifest's real val rows")
     p.add_argument("--pck-instances", type=int, default=64, help="val people for the per-epoch PCK check")
     p.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
     p.add_argument("--log-every", type=int, default=1)
@@ -95,25 +98,22 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def joints_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ohkm_topk: int = 0) -> torch.Tensor:
-    """SimpleBaseline's loss: per-joint MSE of weighted heatmaps (x0.5); with OHKM the top-k joints only."""
-    w = weight[:, :, None, None]
-    per_joint = 0.5 * ((pred * w - target * w) ** 2).flatten(2).mean(dim=2)  # (B, J)
-    if ohkm_topk:
-        return per_joint.topk(ohkm_topk, dim=1).values.mean()
-    return per_joint.mean()
-
-
 def train_step(model, optimizer, batch: dict, device, ohkm_topk: int = 0) -> torch.Tensor:
     """One optimizer step on a batch from ``PoseDataset``; returns the (detached) loss.
 
-    The DDP loop and the single-process overfit test (tests/test_train_overfit.py) share it, so
-    the test checks the step that real runs take.
+    Heatmap models (one tensor out) train with SimpleBaseline's MSE; MoveNet models (their heads
+    by name out) with CenterNet's loss. The DDP loop and the single-process overfit tests
+    (tests/test_train_overfit.py) share it, so the tests check the step that real runs take.
     """
     images = batch["image"].to(device, non_blocking=True)
-    target = batch["target"].to(device, non_blocking=True)
-    weight = batch["target_weight"].to(device, non_blocking=True)
-    loss = joints_mse(model(images), target, weight, ohkm_topk)
+    out = model(images)
+    if isinstance(out, dict):
+        targets = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("image", "center", "scale")}
+        loss = centernet_loss(out, targets)
+    else:
+        target = batch["target"].to(device, non_blocking=True)
+        weight = batch["target_weight"].to(device, non_blocking=True)
+        loss = joints_mse(out, target, weight, ohkm_topk)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -213,13 +213,20 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
     manifest = load_manifest(args.manifest, args.store)
     store = PoseStore(manifest.store_root)
     train_rows = manifest.split("train")
-    config: ModelConfig = get_config(args.model)
     ckpt = load_checkpoint(out / CHECKPOINT) if args.resume and (out / CHECKPOINT).exists() else None
+    init_state = None
     if ckpt is not None:
         config = ModelConfig.from_dict(ckpt["config"])
+    elif args.init:
+        from .init import resolve
+
+        config, init_state = resolve(args.init)
+    else:
+        config = get_config(args.model)
 
     dataset = PoseDataset(store, load_instances(store, train_rows["instance_id"]), config.input_size,
-                          train=True, seed=args.seed, augment=AUGMENT_PRESETS[args.augment])
+                          train=True, seed=args.seed, augment=AUGMENT_PRESETS[args.augment],
+                          targets="centernet" if config.arch == "movenet" else "heatmaps")
     sampler = sampler_cls(train_rows, ratio=args.ratio, num_replicas=world, rank=rank, seed=args.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler.batch_sampler(args.batch_size), num_workers=args.workers,
@@ -229,7 +236,13 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
     epochs = args.epochs if args.epochs is not None else math.ceil(args.max_steps / steps_per_epoch)
     total_steps = args.max_steps if args.max_steps is not None else epochs * steps_per_epoch
 
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise PosepipeError(f"--init {args.init}: its weights do not fit model {config.name!r} ({str(exc).splitlines()[0]})") from None
+    model = model.to(device)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     # SimpleBaseline drops the learning rate 10x at 90/140 and 120/140 of training.
@@ -250,7 +263,7 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
     else:
         if main and (out / LOG).exists():
             (out / LOG).unlink()
-        log.write(event="start", model=config.name, world_size=world, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        log.write(event="start", model=config.name, init=config.init, world_size=world, epochs=epochs, steps_per_epoch=steps_per_epoch,
                   batch_size=args.batch_size, ratio=args.ratio, seed=args.seed, backend=dist.get_backend(),
                   augment=args.augment, lr=args.lr)
 
@@ -301,8 +314,8 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
         result = {"steps": step, "images": seen, "train_seconds": loop_seconds,
                   "images_per_s": seen / max(loop_seconds, 1e-9)}
         if not args.no_eval:
-            metrics = evaluate.evaluate(evaluate.torch_predictor(model.cpu()), store, val, config.input_size, out,
-                                        progress=progress)
+            metrics = evaluate.evaluate(evaluate.torch_predictor(inference_module(model.cpu())), store, val,
+                                        config.input_size, out, progress=progress)
             result["metrics"] = metrics
             sys.stderr.write(f"COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, "
                              f"AR {metrics['AR']:.4f}) on {metrics['num_instances']} people -> {out}/metrics.json\n")
@@ -316,13 +329,14 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
 
 
 def _validation(store: PoseStore, manifest, args) -> evaluate.ValidationSet:
+    """Named sources when given (a held-out set such as coco-val), else the manifest's real val rows."""
+    if args.val_sources:
+        return evaluate.validation_set(store, sources=args.val_sources)
     rows = manifest.split("val")
     rows = rows[rows["source_kind"] == "real"]
     if len(rows):
         return evaluate.validation_set(store, rows["instance_id"])
-    if not args.val_sources:
-        raise PosepipeError(f"{manifest.folder}: the manifest has no real 'val' rows; pass --val-sources")
-    return evaluate.validation_set(store, sources=args.val_sources)
+    raise PosepipeError(f"{manifest.folder}: the manifest has no real 'val' rows; pass --val-sources")
 
 
 def _quick_pck(model, store, val, config, limit: int) -> float:
@@ -332,7 +346,7 @@ def _quick_pck(model, store, val, config, limit: int) -> float:
     ins = val.instances
     head = replace(ins, **{f: getattr(ins, f)[:limit] for f in ins.__dataclass_fields__})
     dataset = PoseDataset(store, head, config.input_size, train=False)
-    keypoints, _ = evaluate.predict(evaluate.torch_predictor(model), dataset, flip_test=False)
+    keypoints, _ = evaluate.predict(evaluate.torch_predictor(inference_module(model)), dataset, flip_test=False)
     model.train()
     return evaluate.pck(keypoints, head.keypoints, head.bbox)
 
