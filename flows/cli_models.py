@@ -76,6 +76,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         batch_size: int = typer.Option(16, "--batch", help="Crops per model call."),
         threads: int = typer.Option(0, "--threads", help="ONNX Runtime threads (0: all cores)."),
         flip: bool = typer.Option(False, "--flip/--no-flip", help="Average with the mirrored crop (twice the time)."),
+        labelled_only: bool = typer.Option(
+            False, "--labelled-only", help="Only people with a labelled joint (the people COCO evaluation scores)."),
         store: Path = StoreOption,
         cache: Optional[Path] = CacheOption,
         json_out: bool = JsonOption,
@@ -100,7 +102,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
             raise PosepipeError("--batch must be at least 1")
         progress = RichProgress(not json_out)
         pose_model = load(model, ModelCache(cache), threads=threads, progress=progress)
-        opts = P.PredictOptions(batch_size=batch_size, flip_test=flip, min_score=min_score, boxes=boxes)
+        opts = P.PredictOptions(batch_size=batch_size, flip_test=flip, min_score=min_score, boxes=boxes,
+                                labelled_only=labelled_only)
         ingest_report = None
         image_bytes = None
         with tempfile.TemporaryDirectory(prefix="posepipe-predict-") as scratch:

@@ -20,11 +20,20 @@ from .registry import ModelEntry
 
 _P = "StatefulPartitionedCall/"
 MOVENET_START = _P + "sub_1"
-MOVENET_HEADS = {
-    "heatmaps": _P + "Sigmoid",
-    "centers": _P + "Sigmoid_1",
-    "regression": _P + "kpt_regress_0/conv2d_6/BiasAdd",
-    "offsets": _P + "kpt_offset_0/conv2d_7/BiasAdd",
+# The heads each recipe keeps, by role: single-pose models all four; MultiPose serves posepipe as a
+# person detector, so its centre and box heads (its own keypoints are weaker than a top-down pass).
+HEADS = {
+    "single-pose": {
+        "heatmaps": _P + "Sigmoid",
+        "centers": _P + "Sigmoid_1",
+        "regression": _P + "kpt_regress_0/conv2d_6/BiasAdd",
+        "offsets": _P + "kpt_offset_0/conv2d_7/BiasAdd",
+    },
+    "person-boxes": {
+        "centers": _P + "Sigmoid",
+        "box_scale": _P + "box_scale_0/conv2d_5/BiasAdd",
+        "box_offset": _P + "box_offset_0/conv2d_6/BiasAdd",
+    },
 }
 MOVENET_RENAMES = {
     _P + "center_net_mobile_net_v2fpn_feature_extractor/model_1/model/": "",
@@ -51,7 +60,7 @@ def convert(entry: ModelEntry, folder: Path) -> Converted:
     if size != tuple(entry.input_size):
         raise PosepipeError(f"{model_json}: input is {size[0]}x{size[1]}, the registry expects "
                             f"{entry.input_size[0]}x{entry.input_size[1]}")
-    spec, state = tfjs_convert.convert(graph, MOVENET_START, MOVENET_HEADS, MOVENET_INPUT, size, MOVENET_RENAMES)
+    spec, state = tfjs_convert.convert(graph, MOVENET_START, HEADS[entry.task], MOVENET_INPUT, size, MOVENET_RENAMES)
     spec["name"] = entry.name
     spec["input_size"] = list(size)
     return Converted(spec, state)
@@ -76,6 +85,8 @@ def fingerprint(heads: dict[str, np.ndarray]) -> dict[str, list[float]]:
     """Values of each head (C, H, W, one image) at seeded positions, then its mean and max."""
     out = {}
     for head, (count, seed) in FINGERPRINT_POSITIONS.items():
+        if head not in heads:
+            continue
         t = np.asarray(heads[head], dtype=np.float32)
         rng = np.random.default_rng(seed)
         positions = [tuple(int(rng.integers(0, s)) for s in t.shape) for _ in range(count)]

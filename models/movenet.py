@@ -95,3 +95,44 @@ class SinglePose(nn.Module):
         heads = self.net.forward_all(x)
         return decode_single(heads["heatmaps"], heads["centers"], heads["regression"], heads["offsets"],
                              self.input_size)
+
+
+# MultiPose's own threshold for a centre to count as a person (its graph's Greater constant).
+PERSON_THRESHOLD = 0.127
+MAX_PEOPLE = 6  # MultiPose's TopK
+
+
+def decode_boxes(centers, box_scale, box_offset, input_size: tuple[int, int], k: int = MAX_PEOPLE) -> torch.Tensor:
+    """MultiPose's person boxes: (B, K, 5) x0, y0, x1, y1 in input pixels and the centre's score.
+
+    Centres are the local maxima of the centre heatmap (5x5, as the graph's MaxPool), the best K
+    of them; each box is its centre cell + the box offset, +- half the box scale (in cells).
+    """
+    b, _, h, w = centers.shape
+    peaks = torch.nn.functional.max_pool2d(centers, 5, stride=1, padding=2)
+    kept = centers * ((centers - peaks).abs() < 1e-6).to(centers.dtype)
+    score, cell = kept.reshape(b, -1).topk(k, dim=1)  # (B, K)
+    cy = torch.div(cell, w, rounding_mode="floor").to(torch.float32)
+    cx = (cell % w).to(torch.float32)
+    size = _at(box_scale, cell).clamp(min=0)  # (B, 2, K): height, width in cells
+    off = _at(box_offset, cell)  # (B, 2, K): dy, dx
+    y, x = cy + off[:, 0], cx + off[:, 1]
+    y0 = (y - size[:, 0] / 2).clamp(0, h)
+    y1 = (y + size[:, 0] / 2).clamp(0, h)
+    x0 = (x - size[:, 1] / 2).clamp(0, w)
+    x1 = (x + size[:, 1] / 2).clamp(0, w)
+    sy, sx = input_size[0] / h, input_size[1] / w
+    return torch.stack([x0 * sx, y0 * sy, x1 * sx, y1 * sy, score], dim=2)
+
+
+class PersonBoxes(nn.Module):
+    """MultiPose's network with its box decoding: images (B, 3, 256, 256) -> boxes (B, 6, 5)."""
+
+    def __init__(self, net: GraphNet, input_size: tuple[int, int]):
+        super().__init__()
+        self.net = net
+        self.input_size = tuple(input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = self.net.forward_all(x)
+        return decode_boxes(heads["centers"], heads["box_scale"], heads["box_offset"], self.input_size)

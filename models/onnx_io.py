@@ -5,7 +5,8 @@ takes ``input``: (N, 3, H, W) float32 crops, RGB normalised with ImageNet's mean
 (``training.transforms.to_input``), and gives one output:
 
 * ``keypoints``: (N, 17, 3) COCO-17 x, y in crop pixels and a score in 0..1, or
-* ``heatmaps``: (N, 17, H/4, W/4), decoded by ``training.heatmaps.decode``.
+* ``heatmaps``: (N, 17, H/4, W/4), decoded by ``training.heatmaps.decode``;
+* ``boxes`` (person detectors): (N, K, 5) x0, y0, x1, y1 in input pixels and a score.
 
 Metadata (``metadata_props``) say which, with the crop size, the model's name, licence and
 origin. A file without them is accepted when its shapes say the same; anything else is "not a
@@ -23,7 +24,7 @@ from posepipe.datasets.errors import PosepipeError
 
 FORMAT = "posepipe-pose-model/1"
 OPSET = 17
-OUTPUTS = ("keypoints", "heatmaps")
+OUTPUTS = ("keypoints", "heatmaps", "boxes")
 NUM_JOINTS = 17
 
 
@@ -94,6 +95,8 @@ def describe(path: str | Path) -> PoseOnnx:
         kind = "keypoints"
     elif len(out_shape) == 4 and out_shape[1] == NUM_JOINTS:
         kind = "heatmaps"
+    elif len(out_shape) == 3 and out_shape[2] == 5 and meta.get("posepipe.output") == "boxes":
+        kind = "boxes"
     else:
         raise PosepipeError(f"{path}: not a pose model (output {outputs[0].name} has shape {out_shape}, "
                             f"expected (N, 17, 3) keypoints or (N, 17, h, w) heatmaps)")

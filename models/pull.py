@@ -27,20 +27,25 @@ from posepipe.datasets.progress import NoProgress, Progress
 from . import convert, npm, registry
 from .cache import FILES, MANIFEST, MANIFEST_FORMAT, ModelCache, sha256_of
 from .graph import GraphNet
-from .movenet import SinglePose
+from .movenet import PersonBoxes, SinglePose
 
 # ONNX Runtime and PyTorch must place every keypoint of the check input within this many pixels.
 ONNX_MAX_PIXEL_DIFF = 0.05
+# Bumped whenever the conversion or the exported decoding changes: a cache made by another version
+# is pulled again rather than used (its files are intact, but they are not what this code makes).
+CONVERTER_VERSION = 1
 
 
 def pull(name: str, cache: ModelCache | None = None, tarball: Path | None = None, force: bool = False,
          progress: Progress | None = None) -> dict:
-    """Install ``name`` in the cache (unless it is there and intact) and return its manifest + status."""
+    """Install ``name`` in the cache unless it is there, intact and made by this converter version
+    (so callers use it on first use too); returns the manifest and ``status`` (cached or pulled)."""
     entry = registry.get(name)
     cache = cache or ModelCache()
     progress = progress or NoProgress()
     with cache.lock(name):
-        if not force and cache.manifest(name) is not None:
+        manifest = cache.manifest(name)
+        if not force and manifest is not None and manifest.get("converter_version") == CONVERTER_VERSION:
             try:
                 return {**cache.verify(name), "status": "cached", "path": str(cache.folder(name))}
             except PosepipeError:
@@ -88,18 +93,19 @@ def _build(entry: registry.ModelEntry, folder: Path, scratch: Path, tarball: Pat
     image = torch.from_numpy(to_input(convert.check_input(entry.input_size)))[None]
     with torch.no_grad():
         heads = {k: v[0].numpy() for k, v in net.forward_all(image).items()}
-        keypoints = SinglePose(net, entry.input_size)(image).numpy()
+        module, output = ((SinglePose, "keypoints") if entry.task == "single-pose" else (PersonBoxes, "boxes"))
+        module = module(net, entry.input_size)
+        expected = module(image).numpy()
     fingerprint_diff = convert.check_fingerprint(entry, convert.fingerprint(heads))
 
     next(steps)
     from .onnx_io import export
 
     onnx_path = folder / "model.onnx"
-    export(SinglePose(net, entry.input_size), entry.input_size, onnx_path, "keypoints",
+    export(module, entry.input_size, onnx_path, output,
            {"name": entry.name, "licence": entry.licence, "origin": entry.origin, "package": entry.package.spec})
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_keypoints = sess.run(None, {"input": image.numpy()})[0]
-    onnx_diff = float(np.abs(onnx_keypoints - keypoints).max())
+    onnx_diff = float(np.abs(sess.run(None, {"input": image.numpy()})[0] - expected).max())
     if onnx_diff > ONNX_MAX_PIXEL_DIFF:
         raise PosepipeError(f"{entry.name}: ONNX Runtime and PyTorch disagree by {onnx_diff:.3f} px on the check input")
 
@@ -115,6 +121,7 @@ def _build(entry: registry.ModelEntry, folder: Path, scratch: Path, tarball: Pat
         "files": {f: sha256_of(folder / f) for f in FILES},
         "check": {"fingerprint_max_diff": fingerprint_diff, "onnx_vs_torch_max_px": onnx_diff,
                   "weights_sha256_pinned": bool(entry.weights_sha256)},
+        "converter_version": CONVERTER_VERSION,
         "converted_with": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -35,7 +35,7 @@ class NpmPackage:
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    task: str  # "single-pose": one person per crop (top-down)
+    task: str  # "single-pose": one person per crop (top-down); "person-boxes": people found in a whole image
     description: str
     package: NpmPackage
     files: tuple[str, ...]  # TFJS model.json first, then its weight shards, as paths in the package
@@ -89,6 +89,20 @@ MODELS: dict[str, ModelEntry] = {
                          3.6e-05, 0.010393, 0.023574, 0.011361, 0.14335],
             "centers": [0.001407, 1.2e-05, 0.017809, 0.003341, 0.01394, 0.107368],
         },
+        citation=MOVENET_CITATION,
+    ),
+    "movenet-multipose": ModelEntry(
+        name="movenet-multipose",
+        task="person-boxes",
+        description="MoveNet MultiPose Lightning, used as the person detector for images without boxes "
+                    "(up to 6 people per image; each is then cropped for the single-pose model)",
+        package=HUMAN_MODELS,
+        files=("package/models/movenet-multipose.json", "package/models/movenet-multipose.bin"),
+        input_size=(256, 256),
+        licence="Apache-2.0",
+        origin="https://tfhub.dev/google/tfjs-model/movenet/multipose/lightning/1",
+        weights_sha256="",
+        fingerprint={"centers": [0.013244, 0.004005, 0.008623, 0.05117, 0.01672, 0.09227]},
         citation=MOVENET_CITATION,
     ),
 }

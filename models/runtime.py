@@ -66,15 +66,17 @@ def load(name_or_path: str, cache: ModelCache | None = None, threads: int = 0, p
         info = onnx_io.describe(name_or_path)
         return PoseModel(info.metadata.get("name", Path(name_or_path).stem), info.path, info.output,
                          info.input_size, info.metadata, threads)
+    from .pull import CONVERTER_VERSION, pull
+
     entry = registry.get(name_or_path)
     cache = cache or ModelCache()
-    if cache.manifest(entry.name) is None:
-        if not pull_missing:
-            raise PosepipeError(f"model {entry.name!r} is not in the cache {cache.root} (posepipe models pull {entry.name})")
-        from .pull import pull
-
-        pull(entry.name, cache, progress=progress)
-    manifest = cache.verify(entry.name)
+    if pull_missing:
+        manifest = pull(entry.name, cache, progress=progress)
+    else:
+        manifest = cache.verify(entry.name)
+        if manifest.get("converter_version") != CONVERTER_VERSION:
+            raise PosepipeError(f"model {entry.name!r} in {cache.root} was converted by another posepipe version "
+                                f"(posepipe models pull {entry.name})")
     path = cache.folder(entry.name) / "model.onnx"
     info = onnx_io.describe(path)
     return PoseModel(entry.name, path, info.output, info.input_size,

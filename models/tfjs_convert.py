@@ -74,6 +74,8 @@ def _between(model: GraphModel, start: str, outputs) -> set[str]:
         if name == start:
             continue
         inputs = [i for i in node.inputs if model.nodes[i.split(":")[0]].op != "Const"]
+        if node.op == "ResizeBilinear":
+            inputs = inputs[:1]  # the size input is shape arithmetic (or a constant), not data
         if not inputs:
             raise PosepipeError(f"{model.path}: node {name!r} ({node.op}) does not depend on {start!r}")
         stack.extend(i.split(":")[0] for i in inputs)
@@ -101,10 +103,19 @@ def _layer(model: GraphModel, node: Node, short, start: str) -> tuple[dict, dict
     if node.op == "ResizeBilinear":
         if node.flag("align_corners") or not node.flag("half_pixel_centers"):
             raise PosepipeError(f"{model.path}: node {node.name!r}: only half-pixel-centre bilinear resizing is supported")
-        size = _const(model, node, 1)
-        return {"name": name, "op": "resize", "inputs": data, "size": [int(v) for v in size], "mode": "bilinear"}, {}
+        data = data[:1]
+        size_ref = node.inputs[1]
+        if size_ref in model.weights:
+            return {"name": name, "op": "resize", "inputs": data, "size": [int(v) for v in model.weights[size_ref]],
+                    "mode": "bilinear"}, {}
+        # Keras' UpSampling2D on a dynamic shape: size = shape[1:3] * factor, the factor a constant.
+        mul = model.nodes.get(size_ref.split(":")[0])
+        factors = [model.weights[i] for i in (mul.inputs if mul is not None and mul.op == "Mul" else []) if i in model.weights]
+        if len(factors) != 1 or len(set(int(v) for v in np.ravel(factors[0]))) != 1:
+            raise PosepipeError(f"{model.path}: node {node.name!r}: cannot find a fixed scale factor for its size")
+        return {"name": name, "op": "resize", "inputs": data, "scale": int(np.ravel(factors[0])[0]), "mode": "bilinear"}, {}
     if node.op == "ConcatV2":
-        axis = int(_const(model, node, len(node.inputs) - 1))
+        axis = int(np.ravel(_const(model, node, len(node.inputs) - 1))[0])
         if axis not in (3, -1):
             raise PosepipeError(f"{model.path}: node {node.name!r}: only channel concatenation is supported")
         return {"name": name, "op": "concat", "inputs": data}, {}
@@ -151,6 +162,8 @@ def _resize_scales(spec: dict, input_size: tuple[int, int]) -> None:
         h, w = sizes[layer["inputs"][0]]
         if layer["op"] == "conv":
             sizes[layer["name"]] = conv_output_size(layer, (h, w))
+        elif layer["op"] == "resize" and "scale" in layer:
+            sizes[layer["name"]] = (h * layer["scale"], w * layer["scale"])
         elif layer["op"] == "resize":
             th, tw = layer.pop("size")
             if th % h or tw % w or th // h != tw // w:

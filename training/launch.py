@@ -71,13 +71,11 @@ def _prepare_init(init: str) -> None:
     from posepipe.models.cache import ModelCache
 
     if init in registry.MODELS:
-        cache = ModelCache()
-        if cache.manifest(init) is None:
-            from posepipe.models.pull import pull
+        from posepipe.models.pull import pull
 
-            sys.stderr.write(f"pulling {init} into {cache.root} (first use)\n")
-            pull(init, cache)
-        cache.verify(init)
+        manifest = pull(init, ModelCache())
+        if manifest["status"] == "pulled":
+            sys.stderr.write(f"pulled {init} into {manifest['path']} (first use)\n")
     elif not Path(init).exists():
         raise PosepipeError(f"--init {init}: no such model name ({', '.join(registry.MODELS)}), folder or checkpoint")
 
