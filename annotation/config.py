@@ -1,8 +1,8 @@
 """The LabelMe config that puts posepipe's convention in the annotator's hands.
 
 It lists the labels (``person`` and the 17 COCO joints, so labelme validates them exactly), the
-image-level flag ``crowd``, the shape flags (``occluded`` on joints, ``crowd`` on person
-rectangles), and saves without embedded image data. labelme itself is never imported here.
+image-level flag ``crowd``, the shape flags (``occluded`` and ``check`` on joints, ``crowd`` on
+person rectangles; ``check`` marks a model's unsure pre-annotations), and saves without embedded image data. labelme itself is never imported here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def labelme_config() -> dict:
         "flags": [convention.CROWD_FLAG],
         "label_flags": {
             f"^{convention.PERSON_LABEL}$": [convention.CROWD_FLAG],
-            f"^({joints})$": [convention.OCCLUDED_FLAG],
+            f"^({joints})$": [convention.OCCLUDED_FLAG, convention.CHECK_FLAG],
         },
         "validate_label": "exact",
         "store_data": False,

@@ -18,6 +18,9 @@ from posepipe.datasets import schema
 PERSON_LABEL = "person"
 CROWD_FLAG = "crowd"
 OCCLUDED_FLAG = "occluded"
+# Model pre-annotations flag the joints the model was unsure of; intake ignores it (a joint left
+# as it is counts as checked and correct).
+CHECK_FLAG = "check"
 OCCLUDED_SUFFIX = "_occluded"
 JOINTS: tuple[str, ...] = schema.COCO17_JOINTS
 JOINT_INDEX = schema.JOINT_INDEX

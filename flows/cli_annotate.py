@@ -68,6 +68,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
     def export_cmd(
         source: str = typer.Option(..., "--source", help="Store source to pre-annotate (COCO, synthetic, predictions)."),
         out: Path = typer.Option(..., "--out", help="Folder for the LabelMe json files and images."),
+        review_score: float = typer.Option(0.5, "--review-score", help="For predictions (pred/ sources): joints "
+                                                                         "scoring less are flagged `check`."),
         store: Path = StoreOption,
         json_out: bool = JsonOption,
     ) -> None:
@@ -75,8 +77,52 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         from posepipe.annotation.preannotate import export_labelme
         from posepipe.datasets.store import PoseStore
 
-        report = export_labelme(PoseStore(store), source, out, progress=RichProgress(not json_out))
+        report = export_labelme(PoseStore(store), source, out, progress=RichProgress(not json_out),
+                                review_score=review_score)
         if json_out:
             emit_json(report.__dict__)
         else:
             say(f"wrote {report.files} LabelMe files ({report.people} people, {report.images_written} images) to {out}")
+
+    @annotate_app.command("prelabel")
+    def prelabel_cmd(
+        folder: Path = typer.Argument(..., help="Folder of new images; LabelMe files are written beside them."),
+        model: str = typer.Option("movenet-thunder", "--model", help="Pose model name (pulled on first use) or ONNX file."),
+        boxes: str = typer.Option("multipose", "--boxes", help="multipose (find every person) or whole-image (one each)."),
+        min_score: float = typer.Option(0.3, "--min-score", help="Joints scoring less are left out for the annotator to add."),
+        review_score: float = typer.Option(0.5, "--review-score", help="Joints scoring less are flagged `check`."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace LabelMe files that already exist."),
+        threads: int = typer.Option(0, "--threads", help="ONNX Runtime threads (0: all cores)."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache folder (env POSEPIPE_MODELS)."),
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Pre-annotate a folder of new images with a pose model: annotators correct instead of starting from zero."""
+        import numpy as np
+
+        from posepipe.annotation.preannotate import prelabel_folder
+        from posepipe.datasets.errors import PosepipeError
+        from posepipe.models import predict as P
+        from posepipe.models.cache import ModelCache
+        from posepipe.models.runtime import load
+
+        if boxes not in ("multipose", "whole-image"):
+            raise PosepipeError(f"--boxes {boxes}: use multipose or whole-image")
+        progress = RichProgress(not json_out)
+        pose_model = load(model, ModelCache(cache), threads=threads, progress=progress)
+        opts = P.PredictOptions(min_score=min_score, boxes=boxes)
+        detector = P.multipose_detector(ModelCache(cache), threads, progress) if boxes == "multipose" else None
+        people, images, skipped = P.people_of_folder(folder, opts, detector, progress)
+        pred = P.run(pose_model, people, images, opts, pose_model.describe(), {"kind": "folder", "path": str(folder)},
+                     skipped, progress)
+        result = prelabel_folder(folder, pred.keypoints, np.stack([p.bbox for p in pred.people]) if pred.people else
+                                 np.zeros((0, 4)), [p.file_name for p in pred.people],
+                                 [(p.height, p.width) for p in pred.people], min_score, review_score,
+                                 overwrite, pose_model.name)
+        result.update(unreadable=pred.unreadable, skipped=pred.skipped, model=pose_model.describe())
+        if json_out:
+            emit_json(result)
+            return
+        say(f"wrote {result['files_written']} LabelMe files ({result['people']} people) in {folder}"
+            + (f"; kept {len(result['kept_existing'])} existing" if result["kept_existing"] else ""))
+        for problem in pred.unreadable:
+            say(f"  unreadable: {problem['file']}: {problem['reason']}")

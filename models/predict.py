@@ -10,7 +10,8 @@ Inputs:
 
 Outputs: COCO keypoint results (``image_id``, ``category_id``, ``keypoints``, ``score``) and/or
 a store source ``pred/NAME``: one instance per prediction, ``keypoints`` with v=2 where the
-joint's score reaches ``min_score`` (else v=0), the raw ``keypoint_scores`` and ``score`` kept.
+joint's score reaches ``min_score`` and it lies in the image (else v=0), the raw
+``keypoint_scores`` and ``score`` kept.
 
 Cropping, the model call, the flip test and the decoding are ``training.evaluate``'s, so a
 model scores the same here as in training and export. An image that cannot be read is counted
@@ -256,11 +257,22 @@ def multipose_detector(cache, threads: int = 0, progress: Progress | None = None
         boxes = detector(to_input(canvas)[None])[0]
         out = []
         for x0, y0, x1, y1, score in boxes:
+            # Back to image pixels, clipped to the picture (the letterbox's padding is not in it).
+            x0, x1 = np.clip([x0 / scale, x1 / scale], 0, w)
+            y0, y1 = np.clip([y0 / scale, y1 / scale], 0, h)
             if score >= min_score and x1 > x0 and y1 > y0:
-                out.append(np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.float64) / scale)
+                out.append(np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.float64))
         return out
 
     return find
+
+
+def offered(keypoints: np.ndarray, widths, heights, min_score: float) -> np.ndarray:
+    """(N, 17) joints worth offering as labels: scored at least ``min_score``, inside their image."""
+    w = np.asarray(widths, dtype=np.float32)[:, None]
+    h = np.asarray(heights, dtype=np.float32)[:, None]
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    return (keypoints[..., 2] >= min_score) & np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x < w) & (y < h)
 
 
 # ----- outputs ------------------------------------------------------------------------------
@@ -288,7 +300,7 @@ def write_source(pred: Predictions, store: PoseStore, source: str, min_score: fl
 
     kp = pred.keypoints.copy()
     scores = kp[..., 2].copy()
-    labelled = (scores >= min_score) & np.isfinite(kp[..., :2]).all(axis=2)
+    labelled = offered(kp, [p.width for p in pred.people], [p.height for p in pred.people], min_score)
     kp[..., 2] = np.where(labelled, schema.VISIBILITY_VISIBLE, schema.VISIBILITY_NOT_LABELLED)
     kp[..., :2] = np.where(labelled[..., None], kp[..., :2], 0.0)
     source_file = f"predict:{pred.input.get('kind')}:{pred.input.get('path')}"

@@ -101,7 +101,7 @@ MODELS: dict[str, ModelEntry] = {
         input_size=(256, 256),
         licence="Apache-2.0",
         origin="https://tfhub.dev/google/tfjs-model/movenet/multipose/lightning/1",
-        weights_sha256="",
+        weights_sha256="1246e61c8b8958038f68b14b3a6416a4a1a6df2ca397d998d85949cde8c440f4",
         fingerprint={"centers": [0.013244, 0.004005, 0.008623, 0.05117, 0.01672, 0.09227]},
         citation=MOVENET_CITATION,
     ),

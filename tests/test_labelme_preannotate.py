@@ -123,7 +123,7 @@ def test_config_and_command(tmp_path):
     assert cfg["store_data"] is False and cfg["validate_label"] == "exact"
 
     joint_flags = next(v for k, v in cfg["label_flags"].items() if re.match(k, "left_knee"))
-    assert joint_flags == ["occluded"] and not re.match(next(iter(cfg["label_flags"])), "left_knee")
+    assert joint_flags == ["occluded", "check"] and not re.match(next(iter(cfg["label_flags"])), "left_knee")
     out = subprocess.run([sys.executable, "-m", "posepipe.flows", "annotate", "config", "--out", path,
                           "--images", "my images"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
