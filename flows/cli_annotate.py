@@ -84,6 +84,44 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         else:
             say(f"wrote {report.files} LabelMe files ({report.people} people, {report.images_written} images) to {out}")
 
+    @app.command("qa")
+    def qa_cmd(
+        source: str = typer.Option(..., "--source", help="Store source whose labels to check."),
+        model: str = typer.Option("movenet-thunder", "--model", help="Pose model name (pulled on first use) or ONNX file."),
+        out: Path = typer.Option(Path("qa"), "--out", help="Folder for qa.json (every finding, ranked) and qa.html."),
+        top: int = typer.Option(40, "--top", help="Findings shown with crops on the page."),
+        threads: int = typer.Option(0, "--threads", help="ONNX Runtime threads (0: all cores)."),
+        store: Path = StoreOption,
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Model cache folder (env POSEPIPE_MODELS)."),
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Check labels against a pose model: left/right swaps, joints off, visible joints unlabelled, bad boxes."""
+        import json
+
+        from posepipe.annotation.qa import check_source
+        from posepipe.datasets import atomic
+        from posepipe.datasets.store import PoseStore
+        from posepipe.flows.report import write_qa_page
+        from posepipe.models.cache import ModelCache
+        from posepipe.models.runtime import load
+
+        progress = RichProgress(not json_out)
+        pose_store = PoseStore(store)
+        result = check_source(pose_store, source, load(model, ModelCache(cache), threads=threads, progress=progress),
+                              progress=progress)
+        atomic.write_text(out / "qa.json", json.dumps(result, indent=1))
+        page = write_qa_page(store, result, out / "qa.html", top)
+        if json_out:
+            emit_json({"qa": str(out / "qa.json"), "page": str(page), "summary": result["summary"],
+                       "findings": [{k: f[k] for k in ("kind", "severity", "instance_id", "file_name", "joint", "message")}
+                                    for f in result["findings"]]})
+            return
+        summ = result["summary"]
+        say(f"{summ['people_judged']} people checked, {summ['findings']} findings on {summ['people_flagged']} people "
+            f"({', '.join(f'{k} {n}' for k, n in summ['by_kind'].items())}) -> {out / 'qa.json'}, {page}")
+        for f in result["findings"][:10]:
+            say(f"  {f['severity']:.2f} {f['kind']}: {f['message']}")
+
     @annotate_app.command("prelabel")
     def prelabel_cmd(
         folder: Path = typer.Argument(..., help="Folder of new images; LabelMe files are written beside them."),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -39,6 +39,7 @@ class ReportInputs:
     mix_dir: Path | None = None
     train_dir: Path | None = None
     export_dir: Path | None = None
+    qa_dirs: list[Path] = field(default_factory=list)  # posepipe qa outputs (qa.json) to show
     title: str = "posepipe pipeline report"
     summary: Mapping[str, Any] | None = None  # stage timings and counts from the flow
     gallery_per_kind: int = 6
@@ -83,8 +84,9 @@ def _dashed(image: np.ndarray, p: np.ndarray, q: np.ndarray, colour, thick: int,
         cv2.line(image, tuple(int(round(c)) for c in a), tuple(int(round(c)) for c in b), colour, thick, cv2.LINE_AA)
 
 
-def crop_person(image: np.ndarray, keypoints: np.ndarray, bbox: Sequence[float], height: int = 200) -> np.ndarray:
-    """The person's box with 20% margin, drawn, scaled to ``height`` pixels."""
+def crop_person(image: np.ndarray, keypoints: np.ndarray, bbox: Sequence[float], height: int = 200,
+                mark: int | None = None) -> np.ndarray:
+    """The person's box with 20% margin, drawn, scaled to ``height`` pixels; ``mark`` rings one joint red."""
     import cv2
 
     h, w = image.shape[:2]
@@ -100,7 +102,11 @@ def crop_person(image: np.ndarray, keypoints: np.ndarray, bbox: Sequence[float],
     kp = keypoints.copy()
     kp[:, 0] = (kp[:, 0] - x0) * scale
     kp[:, 1] = (kp[:, 1] - y0) * scale
-    return draw_person(crop, kp, scale=max(1.0, height / 200))
+    drawn = draw_person(crop, kp, scale=max(1.0, height / 200))
+    if mark is not None:
+        centre = (int(round(kp[mark, 0])), int(round(kp[mark, 1])))
+        cv2.circle(drawn, centre, max(7, height // 25), (40, 40, 230), 2, cv2.LINE_AA)
+    return drawn
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -415,12 +421,63 @@ th{background:#f4f4f4}td:first-child{text-align:left}
 .side{display:flex;gap:16px}.col{flex:1;border:1px solid #eee;border-radius:6px;padding:8px}
 .col.real h3{color:#3b7dd8}.col.synthetic h3{color:#e07b22}
 figure{display:inline-block;margin:4px;text-align:center}figure img{height:200px;border-radius:4px}
+.qa figure{max-width:340px;vertical-align:top;text-align:left}.qa figure img{height:160px;margin-right:2px}
 figcaption{font-size:11px;color:#555;max-width:220px}
 .chart text{font-size:12px;fill:#333}.chart text.in{fill:#fff;font-size:11px}.chart .grid{stroke:#eee}
 .missing{color:#999;font-style:italic}.warn{color:#b35c00}.note{font-size:13px;color:#555}
 .dot{display:inline-block;width:10px;height:10px;border-radius:50%}.dot.vis{background:#3cc83c}
 .dot.occ{border:2px solid #ff8c00;width:7px;height:7px}
 """
+
+
+QA_KIND_TEXT = {"left_right_swapped": "left/right swapped", "joint_off": "joint off",
+                "visible_unlabelled": "visible but unlabelled", "box_mismatch": "box does not fit"}
+
+
+def qa_section(store: PoseStore, qa: Mapping[str, Any] | None, top: int = 12) -> str:
+    """Label check (posepipe qa): counts by kind, then the most severe findings, each as two crops:
+    the labels as they are, and the model's answer on the same box (unsure joints hollow)."""
+    import cv2
+
+    if not qa:
+        return _missing("no label check in this run (posepipe qa --source S)")
+    summ = qa["summary"]
+    rows = [{"kind": QA_KIND_TEXT.get(k, k), "findings": n} for k, n in summ["by_kind"].items()]
+    out = [f"<p>{html.escape(qa['source'])}: {summ['people_judged']} people checked against "
+           f"{html.escape(qa['model']['name'])} on their own boxes; median OKS label vs model "
+           f"{_fmt(summ['median_oks'])}; {summ['people_flagged']} people flagged.</p>", _table(rows)]
+    images = store.images([qa["source"]]).to_pandas().drop_duplicates("image_id").set_index("image_id")
+    cells = []
+    for f in qa["findings"][:top]:
+        if f["image_id"] not in images.index:
+            continue
+        row = images.loc[f["image_id"]]
+        image = cv2.imdecode(np.frombuffer(store.read_image(row["shard"], int(row["offset"]), int(row["num_bytes"])),
+                                           np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        labels = np.array(f["labels"], dtype=np.float32)
+        pred = np.array(f["prediction"], dtype=np.float32)
+        pred[:, 2] = np.where(pred[:, 2] >= 0.5, 2, 1)  # confident joints filled, unsure ones hollow
+        mark = schema.JOINT_INDEX.get(f["joint"]) if f.get("joint") else None
+        pair = (f'<img src="{png_data_uri(crop_person(image, labels, f["bbox"], 160, mark))}" alt="labels">'
+                f'<img src="{png_data_uri(crop_person(image, pred, f["bbox"], 160, mark))}" alt="model">')
+        cells.append(f'<figure>{pair}<figcaption><b>{html.escape(QA_KIND_TEXT.get(f["kind"], f["kind"]))}</b> '
+                     f'(severity {f["severity"]:.2f}): {html.escape(f["message"])}</figcaption></figure>')
+    if cells:
+        out.append("<p>Left: as labelled; right: the model on the same box. A red ring marks the joint in question.</p>")
+        out.append('<div class="gallery qa">' + "".join(cells) + "</div>")
+    return "".join(out)
+
+
+def write_qa_page(store_root: Path, qa: Mapping[str, Any], out: str | Path, top: int = 40) -> Path:
+    """``posepipe qa``'s page: the label-check section alone, with more findings."""
+    body = f"<h1>Label check: {html.escape(qa['source'])}</h1>" + qa_section(PoseStore(store_root), qa, top)
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>posepipe qa</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    out = Path(out)
+    atomic.write_text(out, page)
+    return out
 
 
 def render_html(inp: ReportInputs) -> tuple[str, dict]:
@@ -443,6 +500,9 @@ def render_html(inp: ReportInputs) -> tuple[str, dict]:
         "<h2>Training curves</h2>", training_section(inp.train_dir),
         "<h2>Accuracy: AP, FP32 and INT8</h2>", results_section(inp.train_dir, inp.export_dir),
     ]
+    for qa_dir in inp.qa_dirs:
+        qa = _read_json(Path(qa_dir) / "qa.json")
+        body += ["<h2>Label check: labels vs a pretrained model</h2>", qa_section(store, qa)]
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(inp.title)}</title><style>{CSS}</style></head><body>"
             + "".join(body) + "</body></html>\n")
