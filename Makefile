@@ -38,6 +38,9 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/preannotate.py
+	$(BIN)/python bench/qa.py
+	$(BIN)/python bench/finetune.py
 
 clean:
 	rm -rf $(VENV) data/store out .prefect

@@ -106,7 +106,7 @@ def prelabel_folder(folder: str | os.PathLike, keypoints: np.ndarray, boxes: np.
 
     An image that already has its json (an annotator's work) is left alone unless ``overwrite``.
     """
-    from posepipe.models.predict import offered
+    from posepipe.pretrained.predict import offered
 
     folder = Path(folder)
     keep = offered(keypoints, [s[1] for s in sizes], [s[0] for s in sizes], min_score)

@@ -223,7 +223,7 @@ def check_source(store, source: str, model, options: QAOptions | None = None, pr
                  batch_size: int = 16) -> dict:
     """Predict every labelled person of a store source with ``model`` (a ``models.runtime.PoseModel``)
     on its own box, check the labels, and return the result (``qa.json``'s content)."""
-    from posepipe.models import predict as P
+    from posepipe.pretrained import predict as P
 
     opts = P.PredictOptions(labelled_only=True, batch_size=batch_size)
     people, images, skipped = P.people_of_source(store, source, opts)

@@ -49,9 +49,9 @@ def main() -> None:
     from posepipe.datasets import schema
     from posepipe.datasets.coco import ingest_coco
     from posepipe.datasets.store import PoseStore
-    from posepipe.models import predict as P
-    from posepipe.models.cache import ModelCache
-    from posepipe.models.runtime import load
+    from posepipe.pretrained import predict as P
+    from posepipe.pretrained.cache import ModelCache
+    from posepipe.pretrained.runtime import load
 
     mini = SHARED / "coco-mini"
     model = load(args.model)

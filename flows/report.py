@@ -380,8 +380,13 @@ def training_section(train_dir: Path | None) -> str:
         out += ["<h3>PCK per epoch</h3>", svg_line(pck, "epoch", "PCK", colour="#3aa655")]
     start = next((e for e in events if e.get("event") == "start"), {})
     if start:
+        init = start.get("init") or {}
+        began = (f" Started from the pretrained <b>{html.escape(str(init['model']))}</b> ({html.escape(str(init.get('licence')))}, "
+                 f"{html.escape(str(init.get('origin')))}), weights sha256 {html.escape(str(init.get('weights_sha256', ''))[:12])}..."
+                 if init.get("model") else " Trained from scratch." if not init else
+                 f" Started from checkpoint {html.escape(str(init.get('checkpoint')))}.")
         out.append(f"<p>{start.get('world_size', '?')} processes ({html.escape(str(start.get('backend', '?')))}), "
-                   f"{len(steps)} steps logged.</p>")
+                   f"{len(steps)} steps logged.{began}</p>")
     return "".join(out)
 
 

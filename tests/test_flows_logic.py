@@ -27,10 +27,13 @@ def test_unit_slices_cover_every_image_once():
 
 def test_pipeline_config_reads_the_bundled_params():
     cfg = PipelineConfig.load(REPO / "params.yaml", out="x/run")
-    assert [s.source for s in cfg.coco] == ["coco-train"] and cfg.labelme[0].quarantine_mode == "copy"
+    assert [s.source for s in cfg.coco] == ["coco-train", "coco-val"] and cfg.labelme[0].quarantine_mode == "copy"
     assert str(cfg.store) == "x/run/store" and cfg.synth.source == "synth/demo"
     assert cfg.mix["ratio"] == "1:3" and cfg.mix["split_seed"] == 0  # pipeline.mix over mix:
+    # coco-val is ingested but held out of the mix: the AP is measured on it.
     assert cfg.train.nproc == 2 and cfg.real_sources == ["coco-train", "labelme-samples"]
+    assert cfg.held_out == ["coco-val"] and cfg.train.val_sources == ["coco-val"]
+    assert cfg.train.init == "movenet-thunder" and cfg.qa == {"model": "movenet-thunder", "sources": []}
     real_only = PipelineConfig.load(REPO / "params.yaml", synth_images=0)
     assert real_only.synth is None and real_only.mix["ratio"] == "0:1" and real_only.train.ratio == "0:1"
 
@@ -48,6 +51,13 @@ def test_pipeline_config_errors_are_one_line(tmp_path):
         PipelineConfig.load(params)
     with pytest.raises(PosepipeError, match="give exactly one of epochs and max_steps"):
         train_flow.TrainSpec.from_mapping({"epochs": 2, "max_steps": 3})
+    del doc["pipeline"]["trian"]
+    doc["pipeline"]["ingest"]["coco"][0]["annotations"] = str(REPO.parent / "shared/data/coco-mini/annotations/"
+                                                                "person_keypoints_train2017.json")
+    doc["pipeline"]["train"]["val_sources"] = ["coco-test"]
+    params.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PosepipeError, match="val_sources names 'coco-test', which pipeline.ingest does not ingest"):
+        PipelineConfig.load(params).check()
 
 
 def test_release_is_skipped_with_the_reason(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from posepipe.datasets.errors import PosepipeError
-from posepipe.models import graph, tfjs, tfjs_convert
+from posepipe.pretrained import graph, tfjs, tfjs_convert
 from posepipe.training.transforms import to_input
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from posepipe.datasets.errors import PosepipeError
-from posepipe.models import registry, runtime
-from posepipe.models.cache import FILES, MANIFEST, ModelCache, sha256_of
-from posepipe.models.pull import pull
+from posepipe.pretrained import registry, runtime
+from posepipe.pretrained.cache import FILES, MANIFEST, ModelCache, sha256_of
+from posepipe.pretrained.pull import pull
 
 REFERENCE = Path(__file__).parent / "data" / "movenet_reference.json"
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from posepipe.datasets.errors import PosepipeError
-from posepipe.models import registry
-from posepipe.models.movenet import decode_single
+from posepipe.pretrained import registry
+from posepipe.pretrained.movenet import decode_single
 from posepipe.training.heatmaps import centernet_targets
 from posepipe.training.init import resolve
 from posepipe.training.model import build_model, inference_module
@@ -130,7 +130,7 @@ def test_ddp_fine_tune_export_int8_and_predict_agree(thunder, coco_store, tmp_pa
     assert report["output"] == "keypoints" and report["decode_nodes_in_float"] > 50
     assert report["size_ratio"] < 0.3 and report["max_abs_diff"] <= 0.05
     assert report["ap_fp32"] > 0.4 and abs(report["ap_drop_points"]) < 3.0
-    meta = __import__("posepipe.models.onnx_io", fromlist=["describe"]).describe(export / "model.int8.onnx").metadata
+    meta = __import__("posepipe.pretrained.onnx_io", fromlist=["describe"]).describe(export / "model.int8.onnx").metadata
     assert meta["licence"] == "Apache-2.0 (fine-tuned from movenet-thunder)"
     # The INT8 file through predict, on the people the export scored, with its flip test: the same AP.
     out = tmp_path / "int8.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from posepipe.datasets import atomic
-from posepipe.models import onnx_io
+from posepipe.pretrained import onnx_io
 from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.store import PoseStore
@@ -92,7 +92,7 @@ def model_metadata(config: ModelConfig) -> dict[str, str]:
 
 
 def export_fp32(model, config: ModelConfig, target: Path) -> None:
-    from posepipe.models.onnx_io import export
+    from posepipe.pretrained.onnx_io import export
 
     export(model, config.input_size, target, config.output, model_metadata(config))
 
@@ -105,7 +105,7 @@ def decode_nodes(fp32: Path, config: ModelConfig) -> list[str]:
     """
     import onnx
 
-    from posepipe.models.graph import module_key
+    from posepipe.pretrained.graph import module_key
 
     if config.output != "keypoints":
         return []

@@ -22,8 +22,8 @@ from .model import ModelConfig
 
 
 def resolve(init: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from posepipe.models import registry
-    from posepipe.models.cache import MANIFEST, ModelCache, sha256_of
+    from posepipe.pretrained import registry
+    from posepipe.pretrained.cache import MANIFEST, ModelCache, sha256_of
 
     path = Path(init)
     if init in registry.MODELS:
@@ -48,7 +48,7 @@ def _from_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from posepipe.models.cache import MANIFEST, sha256_of
+    from posepipe.pretrained.cache import MANIFEST, sha256_of
 
     manifest = json.loads((folder / MANIFEST).read_text())
     weights = folder / "weights.safetensors"

@@ -67,11 +67,11 @@ def preflight(cfg: LaunchConfig) -> None:
 
 def _prepare_init(init: str) -> None:
     """A named model is pulled here, once, before any rank starts (ranks only read the cache)."""
-    from posepipe.models import registry
-    from posepipe.models.cache import ModelCache
+    from posepipe.pretrained import registry
+    from posepipe.pretrained.cache import ModelCache
 
     if init in registry.MODELS:
-        from posepipe.models.pull import pull
+        from posepipe.pretrained.pull import pull
 
         manifest = pull(init, ModelCache())
         if manifest["status"] == "pulled":

@@ -4,7 +4,7 @@ Xiao et al., "Simple Baselines for Human Pose Estimation": a backbone down to st
 less), transposed convolutions back up to stride 4, and a 1x1 convolution giving one heatmap per
 joint. Width and depth are set by :class:`ModelConfig`; ``tiny`` is for tests, ``base`` for use.
 
-``arch="movenet"`` is a pretrained MoveNet's network (``posepipe.models``: MobileNetV2-FPN, four
+``arch="movenet"`` is a pretrained MoveNet's network (``posepipe.pretrained``: MobileNetV2-FPN, four
 stride-4 heads, decoded to keypoints by ``models.movenet``), whose layer spec travels in the
 config, so a checkpoint is a whole model; ``posepipe train --init movenet-thunder`` starts there.
 
@@ -167,7 +167,7 @@ def build_model(config: ModelConfig | str) -> nn.Module:
     """The training form: PoseNet (heatmaps out), or a MoveNet network (its four heads, by name, out)."""
     config = get_config(config) if isinstance(config, str) else config
     if config.arch == "movenet":
-        from posepipe.models.movenet import Heads
+        from posepipe.pretrained.movenet import Heads
 
         if not config.graph:
             raise PosepipeError(f"model {config.name!r}: a movenet config needs its layer spec ('graph')")
@@ -179,7 +179,7 @@ def build_model(config: ModelConfig | str) -> nn.Module:
 
 def inference_module(model: nn.Module) -> nn.Module:
     """The form that evaluation and export run: heatmaps for PoseNet, decoded keypoints for MoveNet."""
-    from posepipe.models.movenet import Heads, SinglePose
+    from posepipe.pretrained.movenet import Heads, SinglePose
 
     if isinstance(model, Heads):
         return SinglePose(model.net, model.input_size)
