@@ -83,8 +83,8 @@ class Heads(nn.Module):
         return self.net.forward_all(x)
 
 
-class SinglePose(nn.Module):
-    """A MoveNet graph with its single-pose decoding: crops (B, 3, H, W) -> keypoints (B, 17, 3)."""
+class Decoded(nn.Module):
+    """A MoveNet graph and a decoding of its heads: what inference and ONNX export run."""
 
     def __init__(self, net: GraphNet, input_size: tuple[int, int]):
         super().__init__()
@@ -92,13 +92,20 @@ class SinglePose(nn.Module):
         self.input_size = tuple(input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = self.net.forward_all(x)
+        return self.decode(self.net.forward_all(x))
+
+    def decode(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SinglePose(Decoded):
+    """Single-pose decoding: crops (B, 3, H, W) -> keypoints (B, 17, 3)."""
+
+    def decode(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
         return decode_single(heads["heatmaps"], heads["centers"], heads["regression"], heads["offsets"],
                              self.input_size)
 
 
-# MultiPose's own threshold for a centre to count as a person (its graph's Greater constant).
-PERSON_THRESHOLD = 0.127
 MAX_PEOPLE = 6  # MultiPose's TopK
 
 
@@ -125,14 +132,8 @@ def decode_boxes(centers, box_scale, box_offset, input_size: tuple[int, int], k:
     return torch.stack([x0 * sx, y0 * sy, x1 * sx, y1 * sy, score], dim=2)
 
 
-class PersonBoxes(nn.Module):
-    """MultiPose's network with its box decoding: images (B, 3, 256, 256) -> boxes (B, 6, 5)."""
+class PersonBoxes(Decoded):
+    """MultiPose's box decoding: images (B, 3, 256, 256) -> boxes (B, 6, 5)."""
 
-    def __init__(self, net: GraphNet, input_size: tuple[int, int]):
-        super().__init__()
-        self.net = net
-        self.input_size = tuple(input_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = self.net.forward_all(x)
+    def decode(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
         return decode_boxes(heads["centers"], heads["box_scale"], heads["box_offset"], self.input_size)

