@@ -85,8 +85,9 @@ def _dashed(image: np.ndarray, p: np.ndarray, q: np.ndarray, colour, thick: int,
 
 
 def crop_person(image: np.ndarray, keypoints: np.ndarray, bbox: Sequence[float], height: int = 200,
-                mark: int | None = None) -> np.ndarray:
-    """The person's box with 20% margin, drawn, scaled to ``height`` pixels; ``mark`` rings one joint red."""
+                mark: int | None = None, draw_box: bool = False) -> np.ndarray:
+    """The person's box with 20% margin, drawn, scaled to ``height`` pixels; ``mark`` rings one joint
+    red, ``draw_box`` outlines the box itself (yellow)."""
     import cv2
 
     h, w = image.shape[:2]
@@ -103,6 +104,10 @@ def crop_person(image: np.ndarray, keypoints: np.ndarray, bbox: Sequence[float],
     kp[:, 0] = (kp[:, 0] - x0) * scale
     kp[:, 1] = (kp[:, 1] - y0) * scale
     drawn = draw_person(crop, kp, scale=max(1.0, height / 200))
+    if draw_box:
+        p0 = (int(round((x - x0) * scale)), int(round((y - y0) * scale)))
+        p1 = (int(round((x + bw - x0) * scale)), int(round((y + bh - y0) * scale)))
+        cv2.rectangle(drawn, p0, p1, (0, 215, 255), 1, cv2.LINE_AA)
     if mark is not None:
         centre = (int(round(kp[mark, 0])), int(round(kp[mark, 1])))
         cv2.circle(drawn, centre, max(7, height // 25), (40, 40, 230), 2, cv2.LINE_AA)
@@ -426,7 +431,8 @@ th{background:#f4f4f4}td:first-child{text-align:left}
 .side{display:flex;gap:16px}.col{flex:1;border:1px solid #eee;border-radius:6px;padding:8px}
 .col.real h3{color:#3b7dd8}.col.synthetic h3{color:#e07b22}
 figure{display:inline-block;margin:4px;text-align:center}figure img{height:200px;border-radius:4px}
-.qa figure{max-width:340px;vertical-align:top;text-align:left}.qa figure img{height:160px;margin-right:2px}
+.qa figure{width:340px;vertical-align:top;text-align:left}
+.qa figure img{height:160px;max-width:166px;object-fit:contain;margin-right:2px;background:#eee}
 figcaption{font-size:11px;color:#555;max-width:220px}
 .chart text{font-size:12px;fill:#333}.chart text.in{fill:#fff;font-size:11px}.chart .grid{stroke:#eee}
 .missing{color:#999;font-style:italic}.warn{color:#b35c00}.note{font-size:13px;color:#555}
@@ -463,14 +469,16 @@ def qa_section(store: PoseStore, qa: Mapping[str, Any] | None, top: int = 12) ->
             continue
         labels = np.array(f["labels"], dtype=np.float32)
         pred = np.array(f["prediction"], dtype=np.float32)
-        pred[:, 2] = np.where(pred[:, 2] >= 0.5, 2, 1)  # confident joints filled, unsure ones hollow
+        # The model's joints drawn filled where it would offer them as labels (score >= 0.3), hollow below.
+        pred[:, 2] = np.where(pred[:, 2] >= 0.3, 2, 1)
         mark = schema.JOINT_INDEX.get(f["joint"]) if f.get("joint") else None
-        pair = (f'<img src="{png_data_uri(crop_person(image, labels, f["bbox"], 160, mark))}" alt="labels">'
+        pair = (f'<img src="{png_data_uri(crop_person(image, labels, f["bbox"], 160, mark, draw_box=True))}" alt="labels">'
                 f'<img src="{png_data_uri(crop_person(image, pred, f["bbox"], 160, mark))}" alt="model">')
         cells.append(f'<figure>{pair}<figcaption><b>{html.escape(QA_KIND_TEXT.get(f["kind"], f["kind"]))}</b> '
                      f'(severity {f["severity"]:.2f}): {html.escape(f["message"])}</figcaption></figure>')
     if cells:
-        out.append("<p>Left: as labelled; right: the model on the same box. A red ring marks the joint in question.</p>")
+        out.append("<p>Left: as labelled, with its box (yellow); right: the model on the same box (joints it is unsure "
+                   "of hollow). A red ring marks the joint in question.</p>")
         out.append('<div class="gallery qa">' + "".join(cells) + "</div>")
     return "".join(out)
 
