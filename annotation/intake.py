@@ -144,6 +144,7 @@ class IntakeReport:
     images_accepted: int = 0
     images_embedded: int = 0
     missing: list[dict[str, str]] = field(default_factory=list)  # files the store knows that are gone
+    unlisted_folders: list[str] = field(default_factory=list)  # sub-folders that could not be listed: left alone
     pruned: int = 0
     reasons: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
@@ -167,6 +168,9 @@ class IntakeReport:
                 f"{self.files_rejected} rejected, {self.files_unchanged} unchanged")
         if self.files_skipped:
             text += f", {self.files_skipped} skipped (still being written: a later run takes them)"
+        if self.unlisted_folders:
+            text += f"; {len(self.unlisted_folders)} sub-folder(s) could not be listed and were left alone: " + \
+                ", ".join(self.unlisted_folders)
         return text + counts_text(self.reasons, self.notes)
 
 
@@ -237,7 +241,7 @@ def ingest_labelme(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FolderUnavailable(f"{root}: intake folder does not exist")
+        raise FolderUnavailable(f"{root}: intake folder " + ("is not a folder" if root.exists() else "does not exist"))
     if quarantine_mode not in ("move", "copy"):
         raise PosepipeError(f"--quarantine-mode must be move or copy, not {quarantine_mode!r}")
     settle = check_settle(settle)
@@ -272,6 +276,7 @@ def ingest_labelme(
                 skipped.append(_skip(report, key, rel, "still_being_written",
                                      f"{key}: still being written ({waiting.why}); a later run takes it"))
         context = _Context(root, tx.file_hashes(), source, annotator, settle, stable, verdict.unsettled, clock)
+        report.unlisted_folders = [display_path(Path(folder)) for folder in scan.unreadable]
         gone = _missing(tx, folder_key, {key for _, key, _ in listed}, report, prune, scan.unlisted(prefix, cut))
         claims = _Claims(tx.image_owners(), gone, {key: path for path, key, _ in items}, context.last_sha,
                          {f.file for f in skipped})

@@ -53,6 +53,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
                     say(escape(f"  rejected [{f.reason}] {f.message} -> {where}"))
                 elif f.status == "skipped":
                     say(escape(f"  skipped [{f.reason}] {f.message}"))
+            for folder in report.unlisted_folders:
+                say(escape(f"  could not list {folder}: its files were left alone"))
             for m in report.missing:
                 say(escape(f"  {m['state']}: {m['file']}: {m['action']}"))
         exit_code(1 if strict and report.rejected else 0)

@@ -179,6 +179,8 @@ def ingest_labelme_batch(store_root: str, spec: LabelmeSpec, progress=None, *, s
                      for f in report.files if f.status == "skipped"]
     for f in skipped_files:
         log(f"source {spec.source}: skipped {f['message']}")
+    for folder in report.unlisted_folders:
+        log(f"WARNING source {spec.source}: {folder} could not be listed; its files were left alone this time")
     d = report.to_dict()
     return {
         "kind": "labelme", "source": spec.source, "input": spec.folder,
