@@ -22,6 +22,7 @@ from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.store import PoseStore
 from tests.test_labelme_versions import coco_people, labelme_doc
 from tests.test_settle import FakeTime
+from tests.waiting import LONG, flock_waiters, wait_until
 
 SOURCE = "labelme/drop"
 OLD = time.time() - 3600  # written an hour ago
@@ -74,15 +75,15 @@ def test_a_file_copied_slowly_is_never_read_half_written(store, drop, shared_dat
             fh.write(doc[: len(doc) // 2])
             fh.flush()
             half.set()
-            go.wait(60)  # the pause (1 s), the rest
+            go.wait(LONG)  # the pause (1 s), the rest
             fh.write(doc[len(doc) // 2:])
 
     writer = threading.Thread(target=copy_slowly)
     writer.start()
-    assert half.wait(60)
+    assert half.wait(LONG)
     threading.Timer(1.0, go.set).start()
     first = ingest_labelme(store, drop, SOURCE)  # waits for the copy to end and settle
-    writer.join(60)
+    writer.join(LONG)
     assert first.files_accepted == 1 and first.files_rejected == 0, first.summary()
     assert ingest_labelme(store, drop, SOURCE).files_unchanged == 1
     assert _state(store) == (n, [], ["a.json"])
@@ -290,17 +291,6 @@ def test_a_file_that_vanishes_before_it_is_read_is_skipped(store, drop, shared_d
     assert _state(store) == (n, [], ["a.json"])
 
 
-def _blocked_on(path: Path) -> bool:
-    """Whether some process waits for a flock on ``path`` (/proc/locks marks waiters with ->)."""
-    inode = os.stat(path).st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "->" in parts and parts[parts.index("->") + 1] == "FLOCK":
-            if int(parts[parts.index("->") + 5].rsplit(":", 1)[1]) == inode:
-                return True
-    return False
-
-
 def test_a_scan_beside_this_one_cannot_move_a_file_from_under_it(store, drop, shared_data):
     """Two scans of one folder (overlapping schedule runs): the second lists the folder only once
     the first has finished, so a file the first quarantined is not read as unreadable."""
@@ -311,17 +301,21 @@ def test_a_scan_beside_this_one_cannot_move_a_file_from_under_it(store, drop, sh
     out: dict = {}
     with store.transaction(SOURCE):  # the first scan, inside its transaction
         assert lock.exists()
-        scan = threading.Thread(target=lambda: out.update(report=ingest_labelme(PoseStore(store.root), drop,
-                                                                                 SOURCE, settle=5)))
+        def second_scan():
+            try:
+                out["report"] = ingest_labelme(PoseStore(store.root), drop, SOURCE, settle=5)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                out["error"] = exc
+
+        scan = threading.Thread(target=second_scan)
         scan.start()
-        deadline = time.monotonic() + 120
-        while not _blocked_on(lock):
-            assert time.monotonic() < deadline and scan.is_alive(), "the second scan never waited for the first"
-            time.sleep(0.05)
+        wait_until("the second scan to wait for the first", lambda: flock_waiters(lock) or not scan.is_alive())
+        assert scan.is_alive(), out
         # The first scan rejects b.json and moves it to the quarantine before it ends.
         (drop / "_quarantine").mkdir()
         os.replace(drop / "b.json", drop / "_quarantine" / "b.json")
-    scan.join(120)
+    scan.join(LONG)
+    assert not scan.is_alive() and "error" not in out, out.get("error")
     report = out["report"]
     assert report.files_read == 1 and report.reasons == {}, report.summary()
     assert _state(store) == (n, [], ["a.json"])
@@ -339,9 +333,9 @@ def test_cli_settle_option_and_skipped_files_in_json(store, drop, shared_data):
     doc, image, name, n = people_files(shared_data, 1)[0]
     write_old(drop / name, image)
     base = CLI + ["ingest", "labelme", str(drop), "--source", SOURCE, "--store", str(store.root)]
-    bad = subprocess.run(base + ["--settle", "-1"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(base + ["--settle", "-1"], capture_output=True, text=True, timeout=LONG)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--settle" in bad.stderr
-    helped = subprocess.run(CLI + ["ingest", "labelme", "--help"], capture_output=True, text=True, timeout=300)
+    helped = subprocess.run(CLI + ["ingest", "labelme", "--help"], capture_output=True, text=True, timeout=LONG)
     assert "--settle" in helped.stdout
 
     stop = threading.Event()
@@ -359,14 +353,14 @@ def test_cli_settle_option_and_skipped_files_in_json(store, drop, shared_data):
     writer = threading.Thread(target=write_for_ever)
     writer.start()
     try:
-        run = subprocess.run(base + ["--settle", "3", "--json"], capture_output=True, text=True, timeout=300)
+        run = subprocess.run(base + ["--settle", "3", "--json"], capture_output=True, text=True, timeout=LONG)
     finally:
         stop.set()
-        writer.join(60)
+        writer.join(LONG)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
     assert (out["files_read"], out["files_skipped"]) == (0, 1)
     assert [(f["relative"], f["status"], f["reason"]) for f in out["files"]] == [
         ("a.json", "skipped", "still_being_written")]
-    human = subprocess.run(base + ["--settle", "0"], capture_output=True, text=True, timeout=300)
+    human = subprocess.run(base + ["--settle", "0"], capture_output=True, text=True, timeout=LONG)
     assert human.returncode == 0 and "a.json" in human.stderr, human.stderr  # --settle 0: taken as it is
