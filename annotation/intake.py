@@ -8,6 +8,15 @@ are kept unless ``prune`` is asked for. Rejected files go to a quarantine folder
 readable ``*.errors.txt``, and their reject rows stay in the store until a fixed file replaces
 them.
 
+Files still being written are never read (``datasets/settle.py``): a file, or the image a json
+names, is taken once its size and mtime have been still for the settle interval (at once when
+its mtime is older than that: written long ago, or renamed in). The intake waits up to the
+interval for fresh files; one still changing then is skipped (reported, not read, not
+rejected, not moved) and taken by a later run. A file that vanishes before it is read is
+skipped too. The folder is listed inside the source's transaction, so a scan beside this one
+(overlapping schedule runs) cannot quarantine a file between this scan's listing and reading.
+A file that cannot be read (``file_unreadable``) stays where it is and is read again next time.
+
 Files are examined (read, hashed, parsed, checked, image probed) in a pool of forked workers
 when there are enough of them to pay for it, one process otherwise; the main process settles
 each file in file order (duplicate images, shard writes, rows), so both give the same bytes.
@@ -22,11 +31,12 @@ import math
 import multiprocessing
 import os
 import shutil
+import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import orjson
@@ -40,6 +50,7 @@ from posepipe.datasets.images import ImageProblem, probe
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.gcpause import gc_paused
 from posepipe.datasets.report import counts_text, report_dict
+from posepipe.datasets.settle import DEFAULT_SETTLE_SECONDS, Settler, Snapshot, Unsettled, check_settle, decide
 from posepipe.datasets.store import PoseStore, Transaction
 
 from . import convention, labelme_format
@@ -59,6 +70,18 @@ _NOT_EXTRA = labelme_format.SHAPE_FIELD_SET | frozenset(("line_color", "fill_col
 # Below this many files one process is as fast as starting a pool on 2 shared cores (docs/labelme.md).
 POOL_MIN_FILES = 2000
 _POOL_CHUNK = 64  # files per message to and from a worker
+# Why a file was skipped (neither read nor rejected; a later run takes it).
+SKIP_REASONS = {
+    "still_being_written": "the file changed within the settle interval",
+    "image_still_being_written": "the image it names changed within the settle interval",
+    "waiting_for_other_file": "another file holding the same image is still being written",
+    "vanished": "the file disappeared between listing and reading",
+}
+_UNREADABLE_SHA = ""  # file_sha256 of a file that could not be read: no content ever matches it
+
+
+class FolderUnavailable(PosepipeError):
+    """The intake folder is missing or cannot be listed: nothing was read, nothing changed."""
 
 
 class _Reject(Exception):
@@ -71,6 +94,14 @@ class _Reject(Exception):
 
     def __reduce__(self):  # crosses from pool workers to the main process
         return _Reject, (self.reason, self.detail, self.field, self.shape_index, self.raw)
+
+
+class _Unsettled(Exception):
+    """The file (or its image) is still being written: skipped this time, not rejected."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -88,7 +119,7 @@ class _Person:
 class FileOutcome:
     file: str  # key in the store (path relative to the working directory)
     relative: str  # path relative to the intake folder
-    status: str  # accepted, rejected or unchanged
+    status: str  # accepted, rejected, unchanged or skipped (still being written, vanished: not read)
     instances: int = 0
     image_from: str | None = None  # imageData or imagePath
     reason: str | None = None
@@ -107,10 +138,13 @@ class IntakeReport:
     files_accepted: int = 0
     files_rejected: int = 0
     files_unchanged: int = 0
+    files_skipped: int = 0  # not read this time (SKIP_REASONS): a later run takes them
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
     instances_accepted: int = 0
     images_accepted: int = 0
     images_embedded: int = 0
     missing: list[dict[str, str]] = field(default_factory=list)  # files the store knows that are gone
+    unlisted_folders: list[str] = field(default_factory=list)  # sub-folders that could not be listed: left alone
     pruned: int = 0
     reasons: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
@@ -132,6 +166,11 @@ class IntakeReport:
         text = (f"{self.folder} -> source {self.source}: {self.files_read} files read, "
                 f"{self.files_accepted} accepted ({self.instances_accepted} people, {self.images_accepted} images), "
                 f"{self.files_rejected} rejected, {self.files_unchanged} unchanged")
+        if self.files_skipped:
+            text += f", {self.files_skipped} skipped (still being written: a later run takes them)"
+        if self.unlisted_folders:
+            text += f"; {len(self.unlisted_folders)} sub-folder(s) could not be listed and were left alone: " + \
+                ", ".join(self.unlisted_folders)
         return text + counts_text(self.reasons, self.notes)
 
 
@@ -156,6 +195,10 @@ class _Context:
     last_sha: dict[str, str]
     source: str
     annotator: str | None
+    settle: float = 0.0
+    stable: dict[str, Snapshot | None] = field(default_factory=dict)  # path -> snapshot (None: cannot stat)
+    unsettled: dict[str, Unsettled] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
 
 
 class _Examined(NamedTuple):
@@ -170,6 +213,8 @@ class _Examined(NamedTuple):
     image_sha: str = ""
     image_format: str = ""
     accepted: _Accepted | None = None
+    skipped: tuple[str, str] | None = None  # (reason, message): not read this time
+    snapshot: Snapshot | None = None  # the file as it was read
 
 
 def ingest_labelme(
@@ -183,32 +228,58 @@ def ingest_labelme(
     prune: bool = False,
     progress: Progress | None = None,
     workers: int | None = None,
+    settle: float = DEFAULT_SETTLE_SECONDS,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> IntakeReport:
     """Ingest every ``*.json`` under ``folder`` into ``source``; see the module docstring.
 
     ``workers``: processes examining files; None picks one per core from POOL_MIN_FILES files on.
+    ``settle``: seconds a file (and its image) must be still before it is read; the intake waits
+    up to that long for fresh files, then skips those still changing. 0 reads every file as it is.
+    ``clock`` and ``sleep`` are the time this waiting uses (wall clock: file mtimes are).
     """
     root = Path(folder)
     if not root.is_dir():
-        raise PosepipeError(f"{root}: intake folder does not exist")
+        raise FolderUnavailable(f"{root}: intake folder " + ("is not a folder" if root.exists() else "does not exist"))
     if quarantine_mode not in ("move", "copy"):
         raise PosepipeError(f"--quarantine-mode must be move or copy, not {quarantine_mode!r}")
+    settle = check_settle(settle)
     root = root.resolve()
     quarantine_dir = Path(quarantine).resolve() if quarantine else root / QUARANTINE_DIRNAME
     progress = progress or NoProgress()
     folder_key = display_path(root)
-    report = IntakeReport(source=source, folder=folder_key, annotator=annotator)
-    paths = _json_files(root, quarantine_dir)
+    report = IntakeReport(source=source, folder=folder_key, annotator=annotator, settle_seconds=settle)
+    settler = Settler(settle, clock=clock, sleep=sleep)
+    if settle > 0:
+        # Outside the store lock: waiting for fresh files keeps no other writer of the source waiting.
+        settler.wait(lambda: {p: snap for p, snap in _scan(root, quarantine_dir, True).files.items() if snap})
     prefix = folder_key.rstrip("/") + "/"
     cut = len(str(root)) + 1
-    rels = [str(path)[cut:].replace(os.sep, "/") for path in paths]
-    items = [(path, prefix + rel, rel) for path, rel in zip(paths, rels)]  # key = display_path(path)
-    rejected: list[tuple[Path, bytes, FileOutcome]] = []
+    rejected: list[tuple[Path, bytes, FileOutcome, Snapshot | None]] = []
     unchanged: list[FileOutcome] = []
+    skipped: list[FileOutcome] = []
     with gc_paused(), store.transaction(source) as tx:  # see datasets/gcpause.py
-        context = _Context(root, tx.file_hashes(), source, annotator)
-        gone = _missing(tx, folder_key, {key for _, key, _ in items}, report, prune)
-        claims = _Claims(tx.image_owners(), gone, {key: path for path, key, _ in items}, context.last_sha)
+        # Listed inside the source's lock: a scan beside this one cannot move a file (to the
+        # quarantine) between this listing and the reading below.
+        scan = _scan(root, quarantine_dir, settle > 0)
+        verdict = settler.look({p: snap for p, snap in scan.files.items() if snap is not None})
+        stable = {p: scan.files[p] for p in scan.files if p not in verdict.unsettled}
+        rels = [str(path)[cut:].replace(os.sep, "/") for path in scan.json]
+        listed = [(path, prefix + rel, rel) for path, rel in zip(scan.json, rels)]  # key = display_path(path)
+        items = []
+        for path, key, rel in listed:
+            waiting = verdict.unsettled.get(str(path))
+            if waiting is None:
+                items.append((path, key, rel))
+            else:
+                skipped.append(_skip(report, key, rel, "still_being_written",
+                                     f"{key}: still being written ({waiting.why}); a later run takes it"))
+        context = _Context(root, tx.file_hashes(), source, annotator, settle, stable, verdict.unsettled, clock)
+        report.unlisted_folders = [display_path(Path(folder)) for folder in scan.unreadable]
+        gone = _missing(tx, folder_key, {key for _, key, _ in listed}, report, prune, scan.unlisted(prefix, cut))
+        claims = _Claims(tx.image_owners(), gone, {key: path for path, key, _ in items}, context.last_sha,
+                         {f.file for f in skipped})
         staged: dict[str, list] = {"images": [], "batches": [], "rejects": []}
         accepted: list[_Accepted] = []
         changed: list[str] = []
@@ -216,28 +287,42 @@ def ingest_labelme(
         examined = _examine_all(context, items, _worker_count(workers, len(items)))
         try:
             for (path, key, rel), ex in zip(items, progress.track(examined, len(items), "labelme files")):
+                if ex.skipped is not None:
+                    claims.skipped.add(key)
+                    skipped.append(_skip(report, key, rel, *ex.skipped))
+                    continue
                 if ex.unchanged:
                     claims.changed[key] = False
                     report.files_unchanged += 1
                     unchanged.append(FileOutcome(key, rel, "unchanged"))
                     continue
-                claims.changed[key] = True
-                changed.append(key)
-                report.files_read += 1
                 problem, data = ex.problem, ex.data
                 if ex.image is not None:
                     owner = claims.owner(schema.image_id_from_sha256(ex.image_sha), key)
+                    if owner is not None and owner in claims.skipped:
+                        # The file holding this image is being rewritten: whose it is is decided later.
+                        claims.skipped.add(key)
+                        skipped.append(_skip(report, key, rel, "waiting_for_other_file",
+                                             f"{key}: {owner}, which holds the same image, is still being "
+                                             "written; a later run takes both"))
+                        continue
                     if owner is not None:
                         problem = _Reject("duplicate_image", f"the same image is already annotated by {owner} in "
                                           f"source {source}", "imagePath")
                         if data is None:
-                            data = _read(path)[0]
+                            try:
+                                data = _read(path)[0]
+                            except FileNotFoundError:
+                                data = b""
                     else:
                         tx.put_image(ex.image, ex.image_sha, ex.image_format)
+                claims.changed[key] = True
+                changed.append(key)
+                report.files_read += 1
                 if problem is not None:
                     rejects = records.Rejects(source, key, ex.batch_id)
                     outcome = _record_reject(report, rejects, key, rel, problem, data)
-                    rejected.append((path, data, outcome))
+                    rejected.append((path, data, outcome, ex.snapshot))
                     staged["rejects"].extend(rejects.rows)
                     staged["batches"].append(_batch_row(source, key, ex.batch_id, ex.sha, None, params))
                     continue
@@ -257,21 +342,32 @@ def ingest_labelme(
                 staged["batches"].append(_batch_row(source, key, ex.batch_id, ex.sha, n, params))
         finally:
             examined.close()  # stops the pool at once if settling failed
-        report.files[:0] = unchanged  # unchanged files are listed first
+        report.files[:0] = unchanged + skipped  # unchanged and skipped files are listed first
         keys = changed + gone
         if keys:
             tx.replace_files(keys, _tables(staged, accepted))
     report.check_balance()
-    for path, data, outcome in rejected:
-        outcome.quarantined_to = _quarantine(root, quarantine_dir, path, data, outcome, quarantine_mode, report)
+    for path, data, outcome, snapshot in rejected:
+        outcome.quarantined_to = _quarantine(root, quarantine_dir, path, data, outcome, quarantine_mode, report,
+                                             snapshot)
     return report
 
 
-def _read(path: Path) -> tuple[bytes, str | None]:
+def _skip(report: IntakeReport, key: str, rel: str, reason: str, message: str) -> FileOutcome:
+    report.files_skipped += 1
+    return FileOutcome(key, rel, "skipped", reason=reason, message=message)
+
+
+def _read(path: Path) -> tuple[bytes, str | None, Snapshot | None]:
+    """(bytes, error, snapshot taken after reading); FileNotFoundError is left to the caller."""
     try:
-        return path.read_bytes(), None
+        with open(path, "rb") as fh:
+            data = fh.read()
+            return data, None, Snapshot.of(os.fstat(fh.fileno()))
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        return b"", f"cannot read the file ({exc.strerror or exc})"
+        return b"", f"cannot read the file ({exc.strerror or exc})", None
 
 
 class _Claims:
@@ -279,12 +375,16 @@ class _Claims:
 
     A stored claim lapses when its file is pruned or changed (it claims its image anew when its
     turn comes). Whether a file further down the list changed is learnt by hashing it early.
+    A file skipped this time (still being written) keeps its claim; the caller defers a file
+    whose image such a file holds.
     """
 
-    def __init__(self, stored: dict[str, str], gone: list[str], listed: dict[str, Path], last_sha: dict[str, str]):
+    def __init__(self, stored: dict[str, str], gone: list[str], listed: dict[str, Path], last_sha: dict[str, str],
+                 skipped: set[str]):
         self.stored, self.gone, self.listed, self.last_sha = stored, set(gone), listed, last_sha
         self.run: dict[str, str] = {}  # image_id -> file accepted in this run
         self.changed: dict[str, bool] = {}  # files settled so far -> whether they changed
+        self.skipped = skipped  # files not read this time
 
     def owner(self, image_id: str, key: str) -> str | None:
         """The other file that holds this image, or None."""
@@ -294,10 +394,15 @@ class _Claims:
         owner = self.stored.get(image_id)
         if owner is None or owner == key or owner in self.gone:
             return None
+        if owner in self.skipped:
+            return owner
         if owner in self.listed:
             changed = self.changed.get(owner)
             if changed is None:
-                data, error = _read(self.listed[owner])
+                try:
+                    data, error, _ = _read(self.listed[owner])
+                except FileNotFoundError:  # gone since the listing: it holds nothing any more
+                    return None
                 changed = error is not None or self.last_sha.get(owner) != hashlib.sha256(data).hexdigest()
             if changed:
                 return None
@@ -339,45 +444,90 @@ def _examine_chunk(bounds: tuple[int, int]) -> list[_Examined]:
     return [_examine(context, *items[i]) for i in range(*bounds)]
 
 
-def _json_files(root: Path, quarantine_dir: Path) -> list[Path]:
-    """Every ``*.json`` under root, sorted as paths sort; hidden folders and the quarantine are not intake."""
-    found = []
-    quarantine = str(quarantine_dir)
-    for dirpath, dirnames, filenames in os.walk(root):
+@dataclass
+class _Scan:
+    json: list[Path]  # every *.json, sorted as paths sort
+    files: dict[str, Snapshot | None]  # with stat: every file listed -> its snapshot (None: stat failed)
+    unreadable: list[str]  # sub-folders that could not be listed
+
+    def unlisted(self, prefix: str, cut: int) -> list[str]:
+        """Store-key prefixes of the folders that could not be listed (their files are not missing)."""
+        return [prefix + folder[cut:].replace(os.sep, "/") + "/" for folder in self.unreadable]
+
+
+def _scan(root: Path, quarantine_dir: Path, stat: bool) -> _Scan:
+    """Every file under root (hidden ones, hidden folders and the quarantine are not intake),
+    with its snapshot when ``stat``. A root that cannot be listed is FolderUnavailable; a
+    sub-folder that cannot be listed is noted and left alone."""
+    found: list[str] = []
+    files: dict[str, Snapshot | None] = {}
+    unreadable: list[str] = []
+    quarantine, top = str(quarantine_dir), str(root)
+
+    def failed(exc: OSError) -> None:
+        if exc.filename is None or os.path.normpath(exc.filename) == top:
+            raise FolderUnavailable(f"{display_path(root)}: cannot list the intake folder "
+                                    f"({exc.strerror or exc})") from None
+        unreadable.append(os.path.normpath(exc.filename))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=failed):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and os.path.join(dirpath, d) != quarantine)
-        found.extend(os.path.join(dirpath, f) for f in filenames
-                     if f.lower().endswith(".json") and not f.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            if stat:
+                try:
+                    files[full] = Snapshot.of(os.stat(full))
+                except FileNotFoundError:
+                    continue  # gone since the listing (a dangling link is no intake file either)
+                except OSError:
+                    files[full] = None  # e.g. a link loop: reading it will say why
+            if name.lower().endswith(".json"):
+                found.append(full)
     found.sort(key=lambda p: p.split(os.sep))  # Path order: part by part (not "a-b" before "a/b")
-    return [Path(p) for p in found]
+    return _Scan([Path(p) for p in found], files, unreadable)
 
 
 # ----- one file ---------------------------------------------------------------------------
 def _examine(context: _Context, path: Path, key: str, rel: str) -> _Examined:
     """Read, hash and (when it changed) check one file; no store access, so it runs in workers."""
-    data, error = _read(path)
-    sha = hashlib.sha256(data).hexdigest()
-    if error is None and context.last_sha.get(key) == sha:
+    try:
+        data, error, snap = _read(path)
+    except FileNotFoundError:
+        return _Examined("", skipped=("vanished", f"{key}: disappeared before it was read"))
+    if context.settle > 0 and error is None:
+        expected = context.stable.get(str(path))
+        if expected is not None and snap != expected:
+            return _Examined("", skipped=("still_being_written", f"{key}: changed while it was read; a later "
+                                          "run takes it"))
+    # An unreadable file gets a hash no content has: once readable it is read again.
+    sha = hashlib.sha256(data).hexdigest() if error is None else _UNREADABLE_SHA
+    if context.last_sha.get(key) == sha:
         return _Examined(sha, unchanged=True)
     batch_id = schema.short_hash(context.source, key, sha, length=12)
     try:
         if error:
             raise _Reject("file_unreadable", error)
-        doc, persons, notes, image, image_from, file_name, info = _check_file(context.root, path, rel, data)
+        doc, persons, notes, image, image_from, file_name, info = _check_file(context, path, rel, data)
     except _Reject as problem:
-        return _Examined(sha, batch_id=batch_id, problem=problem, data=data)
+        return _Examined(sha, batch_id=batch_id, problem=problem, data=data, snapshot=snap)
+    except _Unsettled as wait:
+        return _Examined(sha, skipped=(wait.reason, f"{key}: {wait.detail}; a later run takes it"))
     # The main process claims the image (duplicate check) and stores it before the person checks
     # below can still reject the file, as it always did.
     try:
         accepted = _accept(context, key, rel, batch_id, doc, persons, notes, image_from, file_name, info)
     except _Reject as problem:
         return _Examined(sha, batch_id=batch_id, problem=problem, data=data, image=image, image_sha=info.sha256,
-                         image_format=info.format)
+                         image_format=info.format, snapshot=snap)
     return _Examined(sha, batch_id=batch_id, image=image, image_sha=info.sha256, image_format=info.format,
                      accepted=accepted)
 
 
-def _check_file(root: Path, path: Path, rel: str, data: bytes) -> tuple:
+def _check_file(context: _Context, path: Path, rel: str, data: bytes) -> tuple:
     """Parse, group the people and get and probe the image: everything up to storing the image."""
+    root = context.root
     if os.path.islink(path) and not path.resolve().is_relative_to(root):
         raise _Reject("path_escapes", f"the json file is a link to {path.resolve()}, outside the intake folder")
     try:
@@ -387,7 +537,7 @@ def _check_file(root: Path, path: Path, rel: str, data: bytes) -> tuple:
         raise _Reject(reason, detail, fld, index) from None
     notes: list[str] = []
     persons = _persons(doc["shapes"], notes)
-    image, image_from, file_name = _image_bytes(doc, root, path, rel)
+    image, image_from, file_name = _image_bytes(doc, context, path, rel)
     try:
         info = probe(image)
     except ImageProblem as problem:
@@ -548,8 +698,9 @@ def _merge(person: _Person, loose: _Person, shapes: list[dict]) -> None:
     person.first_shape = min(person.first_shape, loose.first_shape)
 
 
-def _image_bytes(doc: dict, root: Path, path: Path, rel: str) -> tuple[bytes, str, str]:
+def _image_bytes(doc: dict, context: _Context, path: Path, rel: str) -> tuple[bytes, str, str]:
     """(image bytes, where they came from, file_name for the store)."""
+    root = context.root
     declared_path = doc.get("imagePath")
     image_path = (declared_path or "").replace("\\", "/")
     text = doc.get("imageData")
@@ -570,15 +721,33 @@ def _image_bytes(doc: dict, root: Path, path: Path, rel: str) -> tuple[bytes, st
     name = _confined_name(root, path, image_path)
     if name is None:
         raise _Reject("path_escapes", f"imagePath '{declared_path}' points outside the intake folder", "imagePath")
+    full = os.path.join(root, name)
     try:
-        with open(os.path.join(root, name), "rb") as fh:
-            return fh.read(), "imagePath", name
+        with open(full, "rb") as fh:
+            data = fh.read()
+            if context.settle > 0:
+                _check_image_settled(context, full, name, Snapshot.of(os.fstat(fh.fileno())))
+            return data, "imagePath", name
     except FileNotFoundError:
         raise _Reject("image_missing", f"imagePath '{declared_path}': {name} does not exist in the intake folder",
                       "imagePath") from None
     except OSError as exc:
         raise _Reject("image_unreadable", f"imagePath '{declared_path}': cannot read {name} "
                       f"({exc.strerror or exc})", "imagePath") from None
+
+
+def _check_image_settled(context: _Context, full: str, name: str, snap: Snapshot) -> None:
+    """The image a json names is taken under the same settle rule as the json itself."""
+    expected = context.stable.get(full, False)
+    if expected is not False:  # listed and stable: it must not have changed since
+        if expected is not None and snap != expected:
+            raise _Unsettled("image_still_being_written", f"its image {name} changed while it was read")
+        return
+    waiting = context.unsettled.get(full)
+    if waiting is None:  # not listed (it arrived since, or lies in a hidden folder): judged now, by its age
+        waiting = decide({full: snap}, {}, context.clock(), context.settle)[0].unsettled.get(full)
+    if waiting is not None:
+        raise _Unsettled("image_still_being_written", f"its image {name} is still being written ({waiting.why})")
 
 
 def _confined_name(root: Path, json_path: Path, image_path: str, follow_links: bool = True) -> str | None:
@@ -744,8 +913,10 @@ def _tables(staged: dict[str, list], accepted: list[_Accepted]) -> dict[str, pa.
     }
 
 
-def _missing(tx: Transaction, folder_key: str, seen: set[str], report: IntakeReport, prune: bool) -> list[str]:
-    """Files of this folder the source holds that are gone now: reported, and pruned only when asked."""
+def _missing(tx: Transaction, folder_key: str, seen: set[str], report: IntakeReport, prune: bool,
+             unlisted: list[str] = ()) -> list[str]:
+    """Files of this folder the source holds that are gone now: reported, and pruned only when asked.
+    Files under a sub-folder that could not be listed (``unlisted`` key prefixes) are not gone."""
     batches = tx.current["batches"]
     if batches.num_rows == 0:
         return []
@@ -757,7 +928,7 @@ def _missing(tx: Transaction, folder_key: str, seen: set[str], report: IntakeRep
     prefix = folder_key.rstrip("/") + "/"
     gone = []
     for f in sorted(last):
-        if f in seen or not f.startswith(prefix):
+        if f in seen or not f.startswith(prefix) or f.startswith(tuple(unlisted)):
             continue
         if last[f]["rejected"]:
             report.missing.append({"file": f, "state": "quarantined",
@@ -773,8 +944,23 @@ def _missing(tx: Transaction, folder_key: str, seen: set[str], report: IntakeRep
 
 
 def _quarantine(root: Path, quarantine_dir: Path, path: Path, data: bytes, outcome: FileOutcome,
-                mode: str, report: IntakeReport) -> str:
-    """Move (or copy) a rejected file to the quarantine, with a readable ``.errors.txt`` beside it."""
+                mode: str, report: IntakeReport, snapshot: Snapshot | None) -> str | None:
+    """Move (or copy) a rejected file to the quarantine, with a readable ``.errors.txt`` beside it.
+
+    A file that could not be read stays where it is (it is read again next time), and so does one
+    that changed since it was read (its new content is read next time): moving either could take
+    a file that is still being written away from the folder."""
+    if outcome.reason == "file_unreadable":
+        report.notes["unreadable_left_in_place"] += 1
+        return None
+    if mode == "move":
+        try:
+            now = Snapshot.of(os.stat(path))
+        except OSError:
+            now = None
+        if now is None or now != snapshot:
+            report.notes["changed_since_read_left_in_place"] += 1
+            return None
     target = quarantine_dir / outcome.relative
     errors = target.with_name(PurePosixPath(outcome.relative).stem + ".errors.txt")
     lines = [

@@ -66,6 +66,11 @@ def build(root: Path, n_files: int, seed: int = 0) -> None:
                "imageData": base64.b64encode(img).decode() if embedded else None,
                "imageHeight": HEIGHT, "imageWidth": WIDTH}
         (root / f"{i:06d}.json").write_text(json.dumps(doc, indent=2))
+    # As files in a real drop folder are, long written: the intake's settle check (a stat per
+    # file) is timed, its waiting for fresh files is not.
+    old = time.time() - 3600
+    for path in root.iterdir():
+        os.utime(path, (old, old))
 
 
 def bare_parse(root: Path) -> int:

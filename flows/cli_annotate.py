@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from posepipe.datasets.settle import DEFAULT_SETTLE_SECONDS
+
 from .cli_common import JsonOption, RichProgress, StoreOption, StrictOption, emit_json, exit_code, say
 
 annotate_app = typer.Typer(help="Work with annotators: LabelMe config and pre-annotations.", no_args_is_help=True)
@@ -24,6 +26,10 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
             None, "--quarantine", help="Where rejected files go, beside a *.errors.txt [default: FOLDER/_quarantine]."),
         quarantine_mode: str = typer.Option("move", "--quarantine-mode", help="move or copy rejected files."),
         prune: bool = typer.Option(False, "--prune", help="Remove the records of files deleted from the folder."),
+        settle: float = typer.Option(
+            DEFAULT_SETTLE_SECONDS, "--settle", metavar="SECONDS",
+            help="A file (and its image) is read once unchanged for this long; fresh files are waited for, "
+                 "files still changing are skipped (a later run takes them). 0: read every file as it is."),
         store: Path = StoreOption,
         json_out: bool = JsonOption,
         strict: bool = StrictOption,
@@ -35,14 +41,20 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         from rich.markup import escape
 
         report = ingest_labelme(PoseStore(store), folder, source, annotator=annotator, quarantine=quarantine,
-                                quarantine_mode=quarantine_mode, prune=prune, progress=RichProgress(not json_out))
+                                quarantine_mode=quarantine_mode, prune=prune, progress=RichProgress(not json_out),
+                                settle=settle)
         if json_out:
             emit_json(report.to_dict())
         else:
             say(escape(report.summary()))
             for f in report.files:
                 if f.status == "rejected":
-                    say(escape(f"  rejected [{f.reason}] {f.message} -> {f.quarantined_to}"))
+                    where = f.quarantined_to or "left in place"
+                    say(escape(f"  rejected [{f.reason}] {f.message} -> {where}"))
+                elif f.status == "skipped":
+                    say(escape(f"  skipped [{f.reason}] {f.message}"))
+            for folder in report.unlisted_folders:
+                say(escape(f"  could not list {folder}: its files were left alone"))
             for m in report.missing:
                 say(escape(f"  {m['state']}: {m['file']}: {m['action']}"))
         exit_code(1 if strict and report.rejected else 0)

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from posepipe.datasets.settle import DEFAULT_SETTLE_SECONDS
+
 from .cli_common import JsonOption, emit_json, say, stderr
 
 schedule_app = typer.Typer(help="Serve flows on a schedule (cron, or an interval over a drop folder).",
@@ -75,13 +77,19 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         store: Path = typer.Option(Path("data/store"), "--store", help="Store root."),
         name: str = typer.Option("scheduled", "--name", help="Deployment name."),
         timezone: str = typer.Option("UTC", "--timezone", help="Time zone of the cron schedule."),
+        settle: Optional[float] = typer.Option(
+            None, "--settle", metavar="SECONDS",
+            help="Inputs are read once unchanged this long (entries' own settle: wins) [default: 5]; 0: off."),
     ) -> None:
         """Serve the ingest flow on a cron schedule (blocks; Ctrl-C stops serving)."""
+        from posepipe.datasets.settle import check_settle
         from posepipe.flows.ingest_flow import serve_ingest_cron
 
+        if settle is not None:
+            settle = check_settle(settle)
         _check_params(params, section)
         serve_ingest_cron(cron, params=str(params.resolve()), section=section, store=str(store.resolve()),
-                          name=name, timezone=timezone, log=say)
+                          name=name, timezone=timezone, settle=settle, log=say)
 
     @schedule_app.command("watch")
     def schedule_watch_cmd(
@@ -91,9 +99,14 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         store: Path = typer.Option(Path("data/store"), "--store", help="Store root."),
         annotator: Optional[str] = typer.Option(None, "--annotator", help="Recorded on every accepted person."),
         name: Optional[str] = typer.Option(None, "--name", help="Deployment name [default: watch-FOLDER-NAME]."),
+        settle: float = typer.Option(
+            DEFAULT_SETTLE_SECONDS, "--settle", metavar="SECONDS",
+            help="A file (and its image) is taken once unchanged this long; fresh files are waited for, files "
+                 "still changing are left to a later scan. 0: take every file as it is."),
     ) -> None:
         """Scan a drop folder every N seconds and ingest new or changed LabelMe files (blocks)."""
         from posepipe.datasets.errors import PosepipeError
+        from posepipe.datasets.settle import check_settle
         from posepipe.flows.ingest_flow import serve_watch
 
         if not folder.is_dir():
@@ -101,7 +114,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         if every <= 0:
             raise PosepipeError("--every must be a positive number of seconds")
         serve_watch(str(folder.resolve()), every, source=source or f"labelme/{folder.resolve().name}",
-                    store=str(store.resolve()), annotator=annotator, name=name, log=say)
+                    store=str(store.resolve()), annotator=annotator, name=name, settle=check_settle(settle), log=say)
 
 
 def _check_params(params: Path, section: str) -> None:

@@ -85,8 +85,12 @@ def launch_config(spec: TrainSpec, manifest: str | Path, out: str | Path, store:
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    """SIGTERM the whole process group, then SIGKILL what is left after ``grace`` seconds.
+
+    After SIGKILL it waits up to a minute for the group to be gone: nothing can refuse that
+    signal, but on a busy machine tearing down processes that hold gigabytes takes a while, and
+    callers rely on no process of the group outliving this call."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 60.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

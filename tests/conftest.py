@@ -13,6 +13,14 @@ from posepipe.datasets.store import PoseStore
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Prefect servers in these tests (the harness, the schedule tests' server) and their clients run
+# on busy machines: generous database and request timeouts, set before Prefect is imported and
+# inherited by every server, watcher and flow-run process the tests start. Only reached when
+# something is wrong.
+for _name, _value in (("PREFECT_API_REQUEST_TIMEOUT", "300"), ("PREFECT_SERVER_DATABASE_TIMEOUT", "120"),
+                      ("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "120")):
+    os.environ.setdefault(_name, _value)
+
 
 def shared_data_dir() -> Path:
     return Path(os.environ.get("POSEPIPE_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -10,9 +12,11 @@ import yaml
 
 from posepipe.datasets import schema
 from posepipe.datasets.errors import PosepipeError
+from posepipe.datasets.store import PoseStore
 from posepipe.flows import ingest_flow, report, synth_flow, train_flow
 from posepipe.flows.pipeline import PipelineConfig, stage_release
 from tests.conftest import REPO
+from tests.test_settle import FakeTime
 
 
 def test_unit_slices_cover_every_image_once():
@@ -106,3 +110,88 @@ def test_report_without_training_says_what_is_missing(coco_store, tmp_path):
     assert set(numbers["extreme_shares"]) == {"real"}
     assert "no mix in this run" in page and "no training in this run" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+
+
+def _aged(path) -> None:
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+def test_a_coco_batch_still_being_written_is_skipped_whole_then_taken(shared_data, tmp_path):
+    mini = shared_data / "coco-mini"
+    data = (mini / "annotations/person_keypoints_val2017.json").read_bytes()
+    images = tmp_path / "val2017"
+    shutil.copytree(mini / "val2017", images)  # copies keep the old mtimes: settled
+    ann = tmp_path / "val.json"
+    ann.write_bytes(data[: len(data) // 2])
+    spec = ingest_flow.CocoSpec(source="coco-val", annotations=str(ann), images=str(images))
+    store = str(tmp_path / "store")
+    size = [len(data) // 2]
+
+    def trickle(t):  # the download goes on for as long as the batch looks
+        with open(ann, "ab") as fh:
+            fh.write(data[size[0]: size[0] + 4096])
+        size[0] += 4096
+
+    logs: list[str] = []
+    t = FakeTime(time.time(), trickle)
+    result = ingest_flow.ingest_coco_batch(store, spec, settle=5, clock=t.clock, sleep=t.sleep, log=logs.append)
+    assert result["skipped"].startswith("still being written: ") and str(ann) in result["skipped"]
+    assert result["fatal"] is None and result["read"] == 0 and ingest_flow.fatal_error([result]) is None
+    assert "skipped: still being written" in ingest_flow.summary_markdown([result])
+    assert len(logs) == 1 and "a later run takes it" in logs[0]
+    assert PoseStore(store).sources() == []
+
+    # The annotation file is done, but an image is being copied again: still skipped whole.
+    ann.write_bytes(data)
+    _aged(ann)
+    image = sorted(images.iterdir())[0]
+    content = image.read_bytes()
+    image.write_bytes(content[:100])
+
+    def finish(t):
+        if len(t.naps) == 1:
+            image.write_bytes(content)
+
+    t = FakeTime(time.time(), finish)
+    result = ingest_flow.ingest_coco_batch(store, spec, settle=5, clock=t.clock, sleep=t.sleep, log=logs.append)
+    assert result["skipped"] is None and result["accepted"] == 118 and result["rejected"] == 0, result
+    assert PoseStore(store).rejects(["coco-val"]).num_rows == 0
+
+
+def test_a_watched_folder_that_is_gone_is_a_warning_and_changes_nothing(shared_data, tmp_path):
+    folder = tmp_path / "drop"
+    shutil.copytree(shared_data / "labelme-samples", folder)
+    spec = ingest_flow.LabelmeSpec(source="labelme/drop", folder=str(folder), quarantine_mode="copy",
+                                   quarantine=str(tmp_path / "q"), watch=True, prune=True)
+    store = str(tmp_path / "store")
+    first = ingest_flow.ingest_labelme_batch(store, spec)
+    kept = PoseStore(store).batches(["labelme/drop"]).num_rows
+    assert first["accepted"] == 1 and kept == first["read"]
+    folder.rename(tmp_path / "away")
+    logs: list[str] = []
+    gone = ingest_flow.ingest_labelme_batch(store, spec, log=logs.append)
+    assert gone["skipped"] and "does not exist" in gone["skipped"] and gone["read"] == 0
+    assert len(logs) == 1 and logs[0].startswith("WARNING") and "the next scan looks again" in logs[0]
+    assert PoseStore(store).batches(["labelme/drop"]).num_rows == kept  # nothing pruned, nothing lost
+    ingest_flow.check_inputs([], [spec])  # a watched folder may be away
+    with pytest.raises(PosepipeError, match="not found"):
+        ingest_flow.check_inputs([], [ingest_flow.LabelmeSpec(source="s", folder=str(folder))])
+    with pytest.raises(PosepipeError, match="does not exist"):  # not watched: an error, as before
+        ingest_flow.ingest_labelme_batch(store, ingest_flow.LabelmeSpec(source="labelme/drop", folder=str(folder)))
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"settle": "soon"}, "settle must be a number"), ({"settle": -2}, "settle must be 0"),
+    ({"watch": "yes"}, "watch must be true or false"), ({"prune": 1}, "prune must be true or false"),
+])
+def test_bad_settle_and_watch_entries_are_one_line_errors(entry, message):
+    with pytest.raises(PosepipeError, match=message):
+        ingest_flow.specs_from_section({"labelme": [{"source": "s", "folder": "f", **entry}]}, "params.yaml: ingest")
+
+
+def test_settle_in_params_entries():
+    coco, labelme = ingest_flow.specs_from_section(
+        {"coco": [{"source": "c", "annotations": "a.json", "images": "i", "settle": 0}],
+         "labelme": [{"source": "s", "folder": "f", "settle": "2.5", "watch": True}]}, "x")
+    assert coco[0].settle == 0.0 and labelme[0].settle == 2.5 and labelme[0].watch is True

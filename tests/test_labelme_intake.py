@@ -1,5 +1,8 @@
 """Intake behaviour: one clear reason per bad file, idempotent and incremental re-runs, deleted
-files reported, quarantine with *.errors.txt, and the rejects listing."""
+files reported, quarantine with *.errors.txt, and the rejects listing.
+
+The files here are written just before each ingest, so the intake is told not to wait for them
+to settle (settle=0); files still being written are tested in test_labelme_arrival.py."""
 
 from __future__ import annotations
 
@@ -102,7 +105,7 @@ def test_every_bad_file_is_rejected_with_a_clear_reason(tmp_path, good, monkeypa
         (intake / "bad" / f"{name}.json").parent.mkdir(exist_ok=True)
         (intake / "bad" / f"{name}.json").write_text(text)
     store = PoseStore(tmp_path / "store")
-    report = ingest_labelme(store, intake, "lm")
+    report = ingest_labelme(store, intake, "lm", settle=0)
     assert report.files_read == len(cases) + 1 == report.files_accepted + report.files_rejected
     assert report.files_accepted == 1 and report.instances_accepted == 2
     outcomes = {Path(f.relative).stem: f for f in report.files}
@@ -124,7 +127,7 @@ def test_every_bad_file_is_rejected_with_a_clear_reason(tmp_path, good, monkeypa
     assert "did you mean 'left_elbow'" in (intake / "_quarantine/bad/typo.errors.txt").read_text()
     assert (intake / "_quarantine/bad/typo.json").exists()
     # the next run reports them as quarantined and adds nothing
-    again = ingest_labelme(store, intake, "lm")
+    again = ingest_labelme(store, intake, "lm", settle=0)
     assert again.files_read == 0 and again.files_unchanged == 1
     assert {m["state"] for m in again.missing} == {"quarantined"} and len(again.missing) == len(cases)
     # a fixed file dropped back in replaces its rejection
@@ -132,7 +135,7 @@ def test_every_bad_file_is_rejected_with_a_clear_reason(tmp_path, good, monkeypa
     fixed = {**doc, "imagePath": "../img.jpg"}
     (intake / "bad/typo.json").write_text(json.dumps(fixed))
     (intake / "ok.json").unlink()  # so the image is not claimed twice in the source
-    third = ingest_labelme(store, intake, "lm", prune=True)
+    third = ingest_labelme(store, intake, "lm", prune=True, settle=0)
     assert third.files_accepted == 1 and third.pruned == 1
     assert all(r["record_id"] != "bad/typo.json" for r in store.rejects(["lm"]).to_pylist())
     assert set(store.instances(["lm"]).column("source_file").to_pylist()) == {"intake/bad/typo.json"}
@@ -157,11 +160,11 @@ def test_idempotent_incremental_and_deleted(tmp_path, monkeypatch):
                    "imageHeight": 48, "imageWidth": 64}
         (intake / f"{i}.json").write_text(json.dumps(docs[i]))
     store = PoseStore(tmp_path / "store")
-    first = ingest_labelme(store, intake, "lm")
+    first = ingest_labelme(store, intake, "lm", settle=0)
     assert first.files_accepted == 4 and first.images_embedded == 2
     tables = {name: store.table(name, ["lm"]) for name in schema.TABLES}
     shards = sorted(p.name for p in (store.root / "shards").iterdir())
-    second = ingest_labelme(store, intake, "lm")
+    second = ingest_labelme(store, intake, "lm", settle=0)
     assert second.files_read == 0 and second.files_unchanged == 4 and not second.missing
     for name, table in tables.items():
         assert store.table(name, ["lm"]).equals(table), name
@@ -173,7 +176,7 @@ def test_idempotent_incremental_and_deleted(tmp_path, monkeypatch):
     # one file changes: only it is read, and its person is replaced (same id, new nose)
     docs[1]["shapes"][1]["points"] = [[30.0, 31.0]]
     (intake / "1.json").write_text(json.dumps(docs[1]))
-    third = ingest_labelme(store, intake, "lm")
+    third = ingest_labelme(store, intake, "lm", settle=0)
     assert third.files_read == 1 and third.files_unchanged == 3
     inst = store.instances(["lm"])
     assert inst.num_rows == 4
@@ -183,13 +186,13 @@ def test_idempotent_incremental_and_deleted(tmp_path, monkeypatch):
 
     # one file is deleted: reported, kept; pruned only when asked
     (intake / "3.json").unlink()
-    fourth = ingest_labelme(store, intake, "lm")
+    fourth = ingest_labelme(store, intake, "lm", settle=0)
     assert fourth.missing == [{"file": "intake/3.json", "state": "deleted",
                                "action": "its records are kept; run with --prune to remove them"}]
     assert store.instances(["lm"]).num_rows == 4
-    fifth = ingest_labelme(store, intake, "lm", prune=True)
+    fifth = ingest_labelme(store, intake, "lm", prune=True, settle=0)
     assert fifth.pruned == 1 and store.instances(["lm"]).num_rows == 3
-    assert ingest_labelme(store, intake, "lm").missing == []
+    assert ingest_labelme(store, intake, "lm", settle=0).missing == []
 
 
 def test_identical_images_stored_once(tmp_path, monkeypatch):
@@ -204,13 +207,13 @@ def test_identical_images_stored_once(tmp_path, monkeypatch):
         (tmp_path / "in" / name).mkdir(parents=True)
         (tmp_path / "in" / name / "x.json").write_text(json.dumps(doc))
     store = PoseStore(tmp_path / "store")
-    assert ingest_labelme(store, tmp_path / "in/a", "one").files_accepted == 1
-    assert ingest_labelme(store, tmp_path / "in/b", "two").files_accepted == 1
+    assert ingest_labelme(store, tmp_path / "in/a", "one", settle=0).files_accepted == 1
+    assert ingest_labelme(store, tmp_path / "in/b", "two", settle=0).files_accepted == 1
     images = store.images()
     assert images.num_rows == 2 and len(set(images.column("shard").to_pylist())) == 1
     assert len(set(zip(images.column("shard").to_pylist(), images.column("offset").to_pylist()))) == 1
     assert store.read_image(*[images.column(c)[0].as_py() for c in ("shard", "offset", "num_bytes")]) == img
-    both = ingest_labelme(store, tmp_path / "in", "three", quarantine_mode="copy")
+    both = ingest_labelme(store, tmp_path / "in", "three", quarantine_mode="copy", settle=0)
     assert both.files_accepted == 1 and both.reasons == {"duplicate_image": 1}
     # ungrouped joints of the image's only person are that person; the box comes from the joints
     inst = store.instances(["one"]).to_pylist()[0]
@@ -230,14 +233,16 @@ def test_cli_ingest_rejects_and_strict(tmp_path, shared_data):
         return subprocess.run([sys.executable, "-m", "posepipe.flows", *map(str, args)], capture_output=True,
                               text=True, cwd=tmp_path)
 
-    out = run("ingest", "labelme", intake, "--source", "lm", "--store", store, "--annotator", "ana", "--strict")
+    # --settle 0: these files were written just now (arrival is tested in test_labelme_arrival.py).
+    out = run("ingest", "labelme", intake, "--source", "lm", "--store", store, "--annotator", "ana", "--strict",
+              "--settle", "0")
     assert out.returncode == 1, out.stderr
     assert "[no_keypoints]" in out.stderr and "primitives.errors.txt" not in out.stderr
     assert (intake / "_quarantine/primitives.errors.txt").exists() and not (intake / "primitives.json").exists()
     listed = run("rejects", "--source", "lm", "--store", store)
     assert listed.returncode == 0
     assert "no_keypoints" in listed.stdout and "primitives.json" in listed.stdout
-    again = run("ingest", "labelme", intake, "--source", "lm", "--store", store, "--json")
+    again = run("ingest", "labelme", intake, "--source", "lm", "--store", store, "--json", "--settle", "0")
     report = json.loads(again.stdout)
     assert report["files_unchanged"] == 1 and report["missing"][0]["state"] == "quarantined"
     missing = run("ingest", "labelme", tmp_path / "nope", "--source", "lm", "--store", store)
@@ -259,7 +264,7 @@ def test_huge_group_id_is_handled_without_a_traceback(tmp_path, good):
     (drop / "img.jpg").write_bytes(data)
     (drop / "big.json").write_text(json.dumps(doc))
     store = PoseStore(tmp_path / "store")
-    report = ingest_labelme(store, drop, "big", quarantine_mode="copy")
+    report = ingest_labelme(store, drop, "big", quarantine_mode="copy", settle=0)
     assert report.files_read == report.files_rejected == 1
     (row,) = store.rejects().to_pylist()
     assert row["reason"] == "bad_type" and "does not fit in 64 bits" in row["message"]
@@ -282,7 +287,7 @@ def test_symlinks_out_of_the_intake_folder_are_rejected(tmp_path, good):
                        ("inside_link", "inside/alias.jpg")):
         (drop / f"{name}.json").write_text(json.dumps({**doc, "imagePath": path, "imageData": None}))
     store = PoseStore(tmp_path / "store")
-    report = ingest_labelme(store, drop, "links", quarantine_mode="copy")
+    report = ingest_labelme(store, drop, "links", quarantine_mode="copy", settle=0)
     reasons = {Path(r["file"]).name: r["reason"] for r in store.rejects().to_pylist()}
     assert reasons == {"file_link.json": "path_escapes", "dir_link.json": "path_escapes"}
     assert report.files_read == 3 and report.files_accepted == 1

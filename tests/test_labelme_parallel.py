@@ -76,12 +76,12 @@ def _run(tmp_path: Path, name: str, good, monkeypatch, **kwargs) -> dict:
     monkeypatch.chdir(work)
     _corpus(work / "intake", good)
     store = PoseStore(work / "store")
-    reports = [ingest_labelme(store, work / "intake", "lm", annotator="ann", **kwargs).to_dict()]
+    reports = [ingest_labelme(store, work / "intake", "lm", annotator="ann", **kwargs, settle=0).to_dict()]
     changed = json.loads((work / "intake/many/03.json").read_text())
     changed["shapes"][1]["points"] = [[20.0, 21.0]]
     (work / "intake/many/03.json").write_text(json.dumps(changed))
     (work / "intake/many/07.json").unlink()
-    reports.append(ingest_labelme(store, work / "intake", "lm", annotator="ann", prune=True, **kwargs).to_dict())
+    reports.append(ingest_labelme(store, work / "intake", "lm", annotator="ann", prune=True, **kwargs, settle=0).to_dict())
     files = {p.relative_to(work).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(work.rglob("*")) if p.is_file() and ".lock" not in p.name}
     return {"reports": json.loads(json.dumps(reports, default=str)), "files": files}

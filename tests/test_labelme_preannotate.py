@@ -40,7 +40,7 @@ def test_coco_labelme_round_trip_is_exact(coco_store, tmp_path, monkeypatch, sou
     images = coco_store.images([source])
     assert report.files == images.num_rows and report.images_written == images.num_rows
     assert report.people == coco_store.instances([source]).num_rows
-    back = ingest_labelme(coco_store, out, f"{source}-lm")
+    back = ingest_labelme(coco_store, out, f"{source}-lm", settle=0)
     assert back.files_read == back.files_accepted == report.files, [f.message for f in back.files if f.message]
     before, after = _by_image(coco_store, source), _by_image(coco_store, f"{source}-lm")
     assert sorted(before) == sorted(after)
@@ -151,7 +151,8 @@ def test_cli_export_then_ingest(coco_store, tmp_path):
     point = next(s for s in doc["shapes"] if s["shape_type"] == "point")
     point["flags"], point["description"] = {}, "occluded"
     target.write_text(json.dumps(doc))
-    ing = subprocess.run([*run, "ingest", "labelme", out, "--source", "pre", "--store", coco_store.root, "--json"],
+    ing = subprocess.run([*run, "ingest", "labelme", out, "--source", "pre", "--store", coco_store.root, "--json",
+                          "--settle", "0"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert ing.returncode == 0, ing.stderr
     report = json.loads(ing.stdout)

@@ -110,7 +110,7 @@ def test_every_version_gives_coco_keypoints_back(tmp_path, shared_data, style, m
     written = write_style(tmp_path / "intake", shared_data, style)
     assert len(written) == 3
     store = PoseStore(tmp_path / "store")
-    report = ingest_labelme(store, tmp_path / "intake", "lm", annotator="ann")
+    report = ingest_labelme(store, tmp_path / "intake", "lm", annotator="ann", settle=0)
     assert report.files_read == report.files_accepted == len(written), [f.message for f in report.files]
     assert report.images_embedded == (len(written) if style in ("labelme3", "labelme5") else 0)
     inst = store.instances(["lm"])

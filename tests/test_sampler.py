@@ -196,7 +196,7 @@ def test_torchrun_two_processes_agree_on_the_plan_and_keep_the_ratio(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), str(tmp_path / "manifest.parquet"), str(out)],
-        check=True, env=env, cwd=tmp_path, timeout=120, capture_output=True,
+        check=True, env=env, cwd=tmp_path, timeout=600, capture_output=True,
     )
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)

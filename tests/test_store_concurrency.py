@@ -1,6 +1,7 @@
 """Store locking: writers of different sources side by side, one writer per source, readers never
 wait for a whole ingest, gc never runs beside a writer. Real COCO ingests, held open mid-transaction
-by their own progress hook; a reader in another process."""
+by their own progress hook; a reader in another process. A thread that must wait for a lock is
+seen waiting (its flock request in /proc/locks), not assumed to after a fixed time."""
 
 from __future__ import annotations
 
@@ -16,8 +17,19 @@ import pytest
 from posepipe.datasets.coco import ingest_coco
 from posepipe.datasets.gc import collect_garbage
 from posepipe.datasets.store import PoseStore
+from tests.waiting import LONG, flock_held_exclusively, flock_waiters, wait_until
 
-WAIT = 60  # seconds: only ever reached when something is wrong
+WAIT = LONG  # seconds: only ever reached when something is wrong
+
+
+def _locks(store: PoseStore) -> Path:
+    return store.root / ".locks"
+
+
+def _waits_on(lock: Path, thread: threading.Thread, out: dict, what: str) -> None:
+    """Until ``thread`` is blocked on ``lock`` (it must not finish, or fail, first)."""
+    wait_until(what, lambda: flock_waiters(lock) or not thread.is_alive(), WAIT)
+    assert thread.is_alive() and "error" not in out, f"{what}: it did not wait ({out})"
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +122,8 @@ def test_writers_of_one_source_take_turns(tmp_path, mini):
     store = PoseStore(tmp_path / "store")
     with HeldIngest(store, train, images, "s"):
         second, out = _in_thread(lambda: ingest_coco(PoseStore(store.root), val, images.parent / "val2017", "s"))
-        second.join(1.0)
-        assert second.is_alive()  # waiting for the first writer's transaction, not beside it
+        # Waiting for the first writer's transaction, not beside it.
+        _waits_on(_locks(store) / "source-s.lock", second, out, "the second writer to wait for the source")
     second.join(WAIT)
     assert not second.is_alive() and "error" not in out, out.get("error")
     # Both files' rows are there: the second writer read the first one's commit, not the state before it.
@@ -124,8 +136,8 @@ def test_gc_waits_for_a_writer_and_keeps_its_new_shard(tmp_path, mini):
     store = PoseStore(tmp_path / "store")
     with HeldIngest(store, train, images, "a") as held:
         gc, out = _in_thread(lambda: collect_garbage(PoseStore(store.root)))
-        gc.join(1.0)
-        assert gc.is_alive()  # the ingest's images are appended but not yet referenced by a commit
+        # The ingest's images are appended but not yet referenced by a commit: gc waits.
+        _waits_on(_locks(store) / "write.lock", gc, out, "gc to wait for the writer")
     gc.join(WAIT)
     assert not gc.is_alive() and "error" not in out, out.get("error")
     assert out["value"].deleted == [] and held.report.images_accepted > 0
@@ -149,11 +161,11 @@ def test_a_waiting_gc_is_not_starved_by_new_writers(tmp_path, mini):
     store = PoseStore(tmp_path / "store")
     with HeldIngest(store, train, images, "a"):
         gc, gc_out = _in_thread(lambda: collect_garbage(PoseStore(store.root)))
-        gc.join(1.0)
-        assert gc.is_alive()  # waits for the open ingest
+        _waits_on(_locks(store) / "write.lock", gc, gc_out, "gc to wait for the open ingest")
+        assert flock_held_exclusively(_locks(store) / "gate.lock")  # the gate it closed while waiting
         late, late_out = _in_thread(lambda: ingest_coco(PoseStore(store.root), val, images.parent / "val2017", "b"))
-        late.join(1.0)
-        assert late.is_alive()  # a writer arriving now waits behind the gc, instead of overlapping the first
+        # A writer arriving now waits behind the gc (at its gate), instead of overlapping the first.
+        _waits_on(_locks(store) / "gate.lock", late, late_out, "the late writer to wait at gc's gate")
     for thread, out in ((gc, gc_out), (late, late_out)):
         thread.join(WAIT)
         assert not thread.is_alive() and "error" not in out, out.get("error")

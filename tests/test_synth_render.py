@@ -25,7 +25,7 @@ def _run_worker(tmp: Path, name: str, indices: list[int], expect_rc: int = 0, un
            "units": units or [{"index": i, "seed": unit_seed(99, i)} for i in indices], **extra}
     (tmp / f"{name}.json").write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "posepipe.synth.worker", str(tmp / f"{name}.json")],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect_rc, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
@@ -131,7 +131,7 @@ KNOWN_POSE = textwrap.dedent("""
 """)
 
 
-def _blender_result(script: str, *args: str, timeout: int = 120):
+def _blender_result(script: str, *args: str, timeout: int = 600):
     """Run a bpy script in a child process (one Blender per process) and return its RESULT json."""
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
@@ -207,7 +207,7 @@ def test_bvh_clip_from_the_sampler_round_trips_through_blenders_importer(tmp_pat
     """Sampler poses -> our BVH writer (T-pose CMU skeleton, cm) -> bpy.ops.import_anim.bvh -> retarget
     onto the metarig -> render: keypoints land where the source pose puts them."""
     clip = tmp_path / "clip.bvh"
-    pairs = _blender_result(BVH_ROUND_TRIP, str(clip), timeout=180)
+    pairs = _blender_result(BVH_ROUND_TRIP, str(clip))
     assert clip.read_text().startswith("HIERARCHY\nROOT Hips") and "LeftForeArm" in clip.read_text()
     labelled = 0
     for source, mocap in pairs:

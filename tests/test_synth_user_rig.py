@@ -456,7 +456,7 @@ os._exit(0)
 def test_blender_import_pose_render_and_visibility(tmp_path, fmt):
     pytest.importorskip("bpy")
     proc = subprocess.run([sys.executable, "-c", BLENDER_CHECK, str(tmp_path), fmt], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(line[len("RESULT"):])
@@ -480,7 +480,7 @@ def glb_rig(tmp_path_factory) -> Path:
     pytest.importorskip("bpy")
     tmp = tmp_path_factory.mktemp("user_rig")
     proc = subprocess.run([sys.executable, "-c", BLENDER_BUILD + "\nos._exit(0)\n", str(tmp), "glb"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and (tmp / "human.glb").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     return tmp / "map.json"
 

@@ -35,7 +35,7 @@ def test_train_cli_two_processes_max_steps(train_workspace, tmp_path, capsys):
     _, manifest = train_workspace
     out = tmp_path / "o"
     code, stdout, _ = _run(["train", "--manifest", str(manifest), "--out", str(out), "--nproc", "2", "--max-steps", "3",
-                            "--json", "--", "--batch-size", "4", "--workers", "0", "--no-eval", "--dist-timeout", "60"],
+                            "--json", "--", "--batch-size", "4", "--workers", "0", "--no-eval", "--dist-timeout", "300"],
                            capsys)
     assert code == 0
     result = json.loads(stdout)

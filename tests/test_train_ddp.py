@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from posepipe.datasets.errors import PosepipeError
 from posepipe.training import evaluate, launch
 from posepipe.training.train import CHECKPOINT, LOG, load_checkpoint
 from tests.test_train_support import RUN_EPOCHS, launch_config, train_workspace, trained_run  # noqa: F401
+from tests.waiting import LONG, process_group_gone, wait_until
 
 
 def _log(out):
@@ -54,18 +54,18 @@ def test_kill_and_resume_ends_where_the_uninterrupted_run_did(trained_run, train
     _, manifest = train_workspace
     out = tmp_path / "out"
     proc = launch.start(launch_config(manifest, out, "--no-eval"))
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / CHECKPOINT).exists():
-                break
-            time.sleep(0.02)
+        # The first epoch's checkpoint (polled often: the kill must land before the run ends).
+        wait_until("the first checkpoint", lambda: (out / CHECKPOINT).exists() or proc.poll() is not None,
+                   LONG, interval=0.01)
     finally:
-        # As a scheduler preempting the job: torchrun passes the signal to every rank and they die mid-run.
+        # As a scheduler preempting the job: the signal reaches torchrun and every rank, which die mid-run.
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
+    assert (out / CHECKPOINT).exists(), f"torchrun exited {proc.returncode} before its first checkpoint"
     killed_at = load_checkpoint(out / CHECKPOINT)["epoch"]
-    time.sleep(0.5)
+    # Once every process of the group is gone (waited for, not a fixed pause), none wrote another.
+    wait_until("every rank to die", lambda: process_group_gone(proc.pid))
     assert load_checkpoint(out / CHECKPOINT)["epoch"] == killed_at, "a rank outlived the kill"
     assert 1 <= killed_at < RUN_EPOCHS, "the run finished before it could be killed"
 

@@ -104,7 +104,7 @@ import shutil  # noqa: E402
 import pytest  # noqa: E402
 
 # Four epochs of the tiny model on coco-mini train plus 8 stick figures, 2 ranks x 8 per batch.
-RUN_ARGS = ["--batch-size", "8", "--workers", "0", "--lr", "3e-3", "--seed", "0", "--dist-timeout", "60",
+RUN_ARGS = ["--batch-size", "8", "--workers", "0", "--lr", "3e-3", "--seed", "0", "--dist-timeout", "300",
             "--pck-instances", "32"]
 RUN_EPOCHS = 4
 # Each test module that imports the fixtures below gets its own copy of them; this keeps one
