@@ -61,6 +61,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         out: Path = typer.Option(..., "--out", help="Output folder: model.fp32.onnx, model.int8.onnx, report."),
         manifest: Path = typer.Option(..., "--manifest", help="Manifest: calibration (train) and validation rows."),
         calibration: int = typer.Option(64, "--calibration", help="Crops (real and synthetic) to calibrate on."),
+        calibration_method: str = typer.Option(
+            "percentile", "--calibration-method", help="percentile (99.999th, clips rare outliers), minmax or entropy."),
         exclude: Optional[List[str]] = typer.Option(
             None, "--exclude-node", help="ONNX node kept in float, e.g. /final/Conv (repeatable)."),
         latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per model."),
@@ -74,7 +76,8 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         """Export ONNX FP32, check it against PyTorch, quantize to static INT8 (QDQ), and report."""
         from posepipe.training.export import ExportOptions, export_model
 
-        opts = ExportOptions(calibration=calibration, exclude_nodes=list(exclude or []), latency_runs=latency_runs,
+        opts = ExportOptions(calibration=calibration, calibration_method=calibration_method,
+                             exclude_nodes=list(exclude or []), latency_runs=latency_runs,
                              threads=threads, val_sources=list(val_source) if val_source else None)
         report = export_model(checkpoint, out, manifest, store, opts, progress=RichProgress(not json_out))
         if json_out:
