@@ -49,7 +49,7 @@ def convert(model: GraphModel, start: str, outputs: dict[str, str], input_transf
     for node in model.nodes.values():  # file order is topological
         if node.name not in needed or node.name == start:
             continue
-        layer, weights = _layer(model, node, short, start)
+        layer, weights = _layer(model, node, short)
         layers.append(layer)
         for suffix, array in weights.items():
             state[f"convs.{module_key(layer['name'])}.{suffix}"] = array
@@ -89,7 +89,7 @@ def _const(model: GraphModel, node: Node, index: int) -> np.ndarray:
     return model.weights[name]
 
 
-def _layer(model: GraphModel, node: Node, short, start: str) -> tuple[dict, dict[str, np.ndarray]]:
+def _layer(model: GraphModel, node: Node, short) -> tuple[dict, dict[str, np.ndarray]]:
     data = [short(i) for i in node.inputs if i in model.nodes and model.nodes[i].op != "Const"]
     name = short(node.name)
     if node.op in CONV_OPS:
