@@ -24,20 +24,24 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         """The models posepipe can pull, their licences, and which are in the cache."""
         from posepipe.pretrained import registry
         from posepipe.pretrained.cache import ModelCache
+        from posepipe.pretrained.pull import CONVERTER_VERSION
 
         store = ModelCache(cache)
         rows = []
         for entry in registry.MODELS.values():
             manifest = store.manifest(entry.name)
+            current = manifest is not None and manifest.get("converter_version") == CONVERTER_VERSION
             rows.append({"name": entry.name, "task": entry.task, "input_size": list(entry.input_size),
                          "licence": entry.licence, "origin": entry.origin, "package": entry.package.spec,
-                         "description": entry.description, "cached": manifest is not None,
+                         "description": entry.description, "cached": current,
+                         "stale": manifest is not None and not current,
                          "path": str(store.folder(entry.name)) if manifest else None})
         if json_out:
             emit_json({"cache": str(store.root), "models": rows})
             return
         for r in rows:
-            state = f"cached in {r['path']}" if r["cached"] else "not pulled"
+            state = (f"cached in {r['path']}" if r["cached"] else
+                     "made by another posepipe version: pulled again on first use" if r["stale"] else "not pulled")
             say(f"{r['name']:<18} {r['input_size'][0]}x{r['input_size'][1]}  {r['licence']:<11} {state}\n"
                 f"{'':<18} {r['description']}\n{'':<18} from npm {r['package']} (origin {r['origin']})")
 
