@@ -97,7 +97,6 @@ def check(labels: np.ndarray, boxes: np.ndarray, areas: np.ndarray, pred: np.nda
     x, y, score on the same boxes; ``names[i]`` says who person i is, for messages.
     """
     o = options or QAOptions()
-    n = len(labels)
     areas = np.where(np.asarray(areas, dtype=np.float64) > 0, areas, boxes[:, 2] * boxes[:, 3])
     scale = np.sqrt(np.maximum(areas, 1.0))
     labelled = labels[..., 2] > 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -124,8 +123,7 @@ class _Crops:
 
     def __init__(self, people: list[Person], images: _Images, input_size: tuple[int, int]):
         self.people, self.images, self.input_size = people, images, tuple(input_size)
-        self.instances = self  # evaluate.predict reads instances.keypoints.shape[1]
-        self.keypoints = np.zeros((len(people), schema.NUM_JOINTS, 3), dtype=np.float32)
+        self.no_joints = np.zeros((schema.NUM_JOINTS, 3), dtype=np.float32)  # crops need no labels
 
     def __len__(self) -> int:
         return len(self.people)
@@ -137,7 +135,7 @@ class _Crops:
         image = self.images.get(person.image_key)
         if image is None:  # counted in images.failed; a blank crop keeps the batch shape
             image = np.zeros((max(person.height, 1), max(person.width, 1), 3), dtype=np.uint8)
-        crop = top_down_crop(image, self.keypoints[i], person.bbox, self.input_size)
+        crop = top_down_crop(image, self.no_joints, person.bbox, self.input_size)
         return {"image": to_input(crop.image), "center": crop.center, "scale": crop.scale}
 
 

@@ -148,11 +148,14 @@ def predict(
     flip_test: bool = True,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints (N, 17, 3) in image pixels with per-joint scores, and one score per person."""
+    """Keypoints (N, 17, 3) in image pixels with per-joint scores, and one score per person.
+
+    ``dataset`` is anything with ``len``, ``input_size`` and ``sample(i)`` giving a crop's
+    ``image``, ``center`` and ``scale`` (``PoseDataset``, or ``pretrained.predict``'s boxes)."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(dataset)
-    out = np.zeros((n, dataset.instances.keypoints.shape[1], 3), dtype=np.float32)
+    out = np.zeros((n, schema.NUM_JOINTS, 3), dtype=np.float32)
     starts = range(0, n, batch_size)
     kind = "heatmaps"
     # Decoding and cropping release the GIL (cv2): a few threads keep the model fed.
