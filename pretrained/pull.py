@@ -126,6 +126,7 @@ def _build(entry: registry.ModelEntry, folder: Path, scratch: Path, tarball: Pat
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic.write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
+    next(steps, None)  # the last step done: the progress bar closes
     return manifest
 
 
