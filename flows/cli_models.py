@@ -23,13 +23,13 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         """The models posepipe can pull, their licences, and which are in the cache."""
         from posepipe.pretrained import registry
         from posepipe.pretrained.cache import ModelCache
-        from posepipe.pretrained.pull import CONVERTER_VERSION
+        from posepipe.pretrained.pull import is_current
 
         store = ModelCache(cache)
         rows = []
         for entry in registry.MODELS.values():
             manifest = store.manifest(entry.name)
-            current = manifest is not None and manifest.get("converter_version") == CONVERTER_VERSION
+            current = is_current(manifest)
             rows.append({"name": entry.name, "task": entry.task, "input_size": list(entry.input_size),
                          "licence": entry.licence, "origin": entry.origin, "package": entry.package.spec,
                          "description": entry.description, "cached": current,

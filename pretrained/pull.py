@@ -36,6 +36,11 @@ ONNX_MAX_PIXEL_DIFF = 0.05
 CONVERTER_VERSION = 1
 
 
+def is_current(manifest: dict | None) -> bool:
+    """A cache entry made by this converter version (an older one is pulled again on first use)."""
+    return manifest is not None and manifest.get("converter_version") == CONVERTER_VERSION
+
+
 def pull(name: str, cache: ModelCache | None = None, tarball: Path | None = None, force: bool = False,
          progress: Progress | None = None) -> dict:
     """Install ``name`` in the cache unless it is there, intact and made by this converter version
@@ -45,7 +50,7 @@ def pull(name: str, cache: ModelCache | None = None, tarball: Path | None = None
     progress = progress or NoProgress()
     with cache.lock(name):
         manifest = cache.manifest(name)
-        if not force and manifest is not None and manifest.get("converter_version") == CONVERTER_VERSION:
+        if not force and is_current(manifest):
             try:
                 return {**cache.verify(name), "status": "cached", "path": str(cache.folder(name))}
             except PosepipeError:

@@ -66,7 +66,7 @@ def load(name_or_path: str, cache: ModelCache | None = None, threads: int = 0, p
         info = onnx_io.describe(name_or_path)
         return PoseModel(info.metadata.get("name", Path(name_or_path).stem), info.path, info.output,
                          info.input_size, info.metadata, threads)
-    from .pull import CONVERTER_VERSION, pull
+    from .pull import is_current, pull
 
     entry = registry.get(name_or_path)
     cache = cache or ModelCache()
@@ -74,7 +74,7 @@ def load(name_or_path: str, cache: ModelCache | None = None, threads: int = 0, p
         manifest = pull(entry.name, cache, progress=progress)
     else:
         manifest = cache.verify(entry.name)
-        if manifest.get("converter_version") != CONVERTER_VERSION:
+        if not is_current(manifest):
             raise PosepipeError(f"model {entry.name!r} in {cache.root} was converted by another posepipe version "
                                 f"(posepipe models pull {entry.name})")
     path = cache.folder(entry.name) / "model.onnx"

@@ -28,7 +28,8 @@ def resolve(init: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     path = Path(init)
     if init in registry.MODELS:
         cache = ModelCache()
-        cache.verify(init)
+        if cache.manifest(init) is None:
+            raise PosepipeError(f"model {init!r} is not in the cache {cache.root} (posepipe models pull {init})")
         return _from_folder(cache.folder(init))
     if path.is_dir() and (path / MANIFEST).is_file():
         return _from_folder(path)
@@ -52,8 +53,11 @@ def _from_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     manifest = json.loads((folder / MANIFEST).read_text())
     weights = folder / "weights.safetensors"
-    if manifest.get("files", {}).get("weights.safetensors") not in (None, sha256_of(weights)):
-        raise PosepipeError(f"{weights}: corrupt (sha256 differs from {folder / MANIFEST}); pull the model again")
+    found = {}
+    for name in ("graph.json", "weights.safetensors"):  # what training reads, each hashed once
+        found[name] = sha256_of(folder / name)
+        if manifest.get("files", {}).get(name) not in (None, found[name]):
+            raise PosepipeError(f"{folder / name}: corrupt (sha256 differs from {folder / MANIFEST}); pull the model again")
     try:
         spec = json.loads((folder / "graph.json").read_text())
         state = load_file(str(weights))
@@ -61,7 +65,7 @@ def _from_folder(folder: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         raise PosepipeError(f"{folder}: cannot read the model's graph.json / weights.safetensors ({exc})") from None
     config = ModelConfig(
         name=manifest["name"], input_size=tuple(int(v) for v in manifest["input_size"]), arch="movenet", graph=spec,
-        init={"model": manifest["name"], "weights_sha256": sha256_of(weights), "licence": manifest.get("licence"),
+        init={"model": manifest["name"], "weights_sha256": found["weights.safetensors"], "licence": manifest.get("licence"),
               "origin": manifest.get("origin"), "package": manifest.get("package", {}).get("name")},
     )
     # The pulled weights belong to the bare network; the training form holds it as ``net``.
