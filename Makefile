@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/version.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/data_value.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/preannotate.py
 	$(BIN)/python bench/qa.py

@@ -27,54 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _lspet import lspet_coco  # noqa: E402
 from _train_setup import SHARED  # noqa: E402
-
-# LSP-14 order -> COCO-17 index (neck and head top have none).
-LSP_TO_COCO = {0: 16, 1: 14, 2: 12, 3: 11, 4: 13, 5: 15, 6: 10, 7: 8, 8: 6, 9: 5, 10: 7, 11: 9}
-
-
-def lspet_coco(first: int, last: int, out: Path) -> Path:
-    """LSPET images first..last (1-based, inclusive) as a COCO keypoints file."""
-    from PIL import Image
-    from scipy.io import loadmat
-
-    from posepipe.datasets import schema
-
-    root = SHARED / "lspet"
-    joints = loadmat(root / "joints.mat")["joints"]  # (14, 3, N): x, y, flag
-    images, annotations = [], []
-    for k in range(first, last + 1):
-        name = f"im{k:05d}.jpg"
-        with Image.open(root / "images" / name) as im:
-            w, h = im.size
-        j = joints[:, :, k - 1]
-        vis = j[:, 2] > 0
-        kp = np.zeros((17, 3))
-        for lsp, coco in LSP_TO_COCO.items():
-            if vis[lsp]:
-                kp[coco] = [j[lsp, 0], j[lsp, 1], 2]
-        pts = j[vis, :2]
-        if len(pts) < 2 or (kp[:, 2] > 0).sum() < 1:
-            continue
-        x0, y0 = np.maximum(pts.min(axis=0), 0)
-        x1, y1 = np.minimum(pts.max(axis=0), [w, h])
-        px, py = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
-        x0, y0, x1, y1 = max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)
-        # Labelled joints at or over the border would be refused by ingest; LSPET has a few.
-        kp[:, 0] = np.clip(kp[:, 0], 0, w - 1)
-        kp[:, 1] = np.clip(kp[:, 1], 0, h - 1)
-        images.append({"id": k, "file_name": name, "width": w, "height": h})
-        annotations.append({"id": k, "image_id": k, "category_id": 1, "iscrowd": 0,
-                            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                            "area": float((x1 - x0) * (y1 - y0)), "keypoints": kp.reshape(-1).tolist(),
-                            "num_keypoints": int((kp[:, 2] > 0).sum())})
-    doc = {"images": images, "annotations": annotations, "categories": [schema.PERSON_CATEGORY]}
-    out.write_text(json.dumps(doc))
-    return out
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -84,6 +40,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="per process (2 processes)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--synth", type=int, default=0, help="render this many synthetic people and mix 1:3")
+    p.add_argument("--alphas", default="0.5",
+                   help="also score the fine-tuned weights interpolated with the zero-shot ones at these alphas "
+                        "(posepipe interpolate, WiSE-FT; comma list, empty for none)")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
     p.add_argument("--skip-train", action="store_true",
                    help="score the checkpoint a previous run left in --keep instead of training again")
@@ -127,9 +86,9 @@ def main() -> None:
     synth_sources = []
     ratio = "0:1"
     if args.synth:
-        from posepipe.synth.run import SynthOptions, render
+        from posepipe.synth.run import SynthOptions, synth_run
 
-        render(store, SynthOptions(count=args.synth, seed=0, source="synth/bench", workers=2))
+        synth_run(store, SynthOptions(count=args.synth, seed=0, source="synth/bench", workers=2))
         synth_sources, ratio = ["synth/bench"], "1:3"
     config = MixConfig.from_params({"ratio": ratio, "val_fraction": 0.0, "test_fraction": 0.0}, "bench")
     result = build_manifest(store, ["coco-train", "lspet-train"], synth_sources, config)
@@ -160,6 +119,14 @@ def main() -> None:
     tuned = evaluate.torch_predictor(model)
     for s in sets:
         scores[("fine-tuned", s)] = evaluate.score(tuned, store, vals[s], config_.input_size, work / "eval" / "tuned" / s)
+    from posepipe.training.interpolate import write
+
+    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    for alpha in alphas:
+        mixed, _ = load_model(write("movenet-thunder", out / "checkpoint.pt", alpha, work / f"wise-{alpha:g}.pt"))
+        for s in sets:
+            scores[(f"wise {alpha:g}", s)] = evaluate.score(evaluate.torch_predictor(mixed), store, vals[s],
+                                                           config_.input_size, work / "eval" / f"wise-{alpha:g}" / s)
 
     print(f"\nMoveNet Thunder zero-shot vs fine-tuned ({args.steps} steps x {args.batch_size} x 2 processes, "
           f"lr {args.lr}, ratio {ratio}) on coco-mini train + LSPET 1..{args.lspet_train}; ground-truth boxes, flip test\n")
@@ -170,6 +137,14 @@ def main() -> None:
         a, b = scores[("zero-shot", s)], scores[("fine-tuned", s)]
         print(f"| {s} | {a['num_instances']} | {a['AP']:.3f} | {b['AP']:.3f} | {b['AP'] - a['AP']:+.3f} | "
               f"{a['AP50']:.3f} | {b['AP50']:.3f} | {a['PCK']:.3f} | {b['PCK']:.3f} |")
+    if alphas:
+        print("\nInterpolated (posepipe interpolate: alpha x fine-tuned + (1 - alpha) x zero-shot), AP and gain over zero-shot:\n")
+        print("| held-out set | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |")
+        print("| --- |" + " ---: |" * len(alphas))
+        for s in sets:
+            z = scores[("zero-shot", s)]["AP"]
+            print(f"| {s} | " + " | ".join(f"{scores[(f'wise {a:g}', s)]['AP']:.3f} ({scores[(f'wise {a:g}', s)]['AP'] - z:+.3f})"
+                                           for a in alphas) + " |")
     print(f"\ntraining: {wall:.0f} s wall for {trained['steps']} steps ({trained['images']} crops), "
           f"{trained['images_per_s']:.1f} images/s in the batch loops (2 processes, CPU); "
           f"zero-shot scoring of the four sets {zero_seconds:.0f} s")

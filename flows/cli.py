@@ -48,6 +48,9 @@ cli_mix.register(app, ingest_app, export_app)
 from posepipe.flows import cli_models  # noqa: E402
 
 cli_models.register(app, ingest_app, export_app)
+from posepipe.flows import cli_experiment  # noqa: E402
+
+cli_experiment.register(app, ingest_app, export_app)
 
 
 def main(argv: list[str] | None = None) -> None:

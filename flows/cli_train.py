@@ -55,6 +55,24 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         else:
             say(f"trained {result.get('steps', '?')} steps at {result.get('images_per_s', 0):.1f} images/s -> {out}")
 
+    @app.command("interpolate")
+    def interpolate_cmd(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="checkpoint.pt of a run fine-tuned with --init."),
+        init: str = typer.Option(..., "--init", help="The pretrained model it started from (name, folder or checkpoint)."),
+        alpha: float = typer.Option(0.5, "--alpha", help="0: the pretrained weights, 1: the fine-tuned ones."),
+        out: Path = typer.Option(..., "--out", help="The interpolated checkpoint to write (.pt)."),
+        json_out: bool = JsonOption,
+    ) -> None:
+        """Mix fine-tuned weights with the pretrained ones they started from (WiSE-FT): keeps what fine-tuning
+        gained on its data and most of what it forgot elsewhere. The result works wherever a checkpoint.pt does."""
+        from posepipe.training.interpolate import write
+
+        path = write(init, checkpoint, alpha, out)
+        if json_out:
+            emit_json({"out": str(path), "alpha": alpha, "init": init, "checkpoint": str(checkpoint)})
+        else:
+            say(f"{alpha:g} x {checkpoint} + {1 - alpha:g} x {init} -> {path}")
+
     @app.command("export-model")
     def export_model_cmd(
         checkpoint: Path = typer.Option(..., "--checkpoint", help="checkpoint.pt written by `posepipe train`."),

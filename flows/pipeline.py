@@ -1,4 +1,4 @@
-"""The main job: ingest -> synth -> mix -> release (DVC) -> train -> export -> report.
+"""The main job: ingest -> synth -> mix -> release (DVC) -> train -> export -> compare -> report.
 
 ``PipelineConfig.load`` reads the ``pipeline:`` section of params.yaml (plus ``mix:`` for the
 mix settings it does not override). Each stage is a plain function of the config
@@ -43,6 +43,7 @@ class PipelineConfig:
     repo: Path = Path(".")
     extra_real: list[str] = field(default_factory=list)  # sources already in the store to mix in
     qa: dict[str, Any] | None = None  # label check of the real sources: {"model": NAME, "sources": [...]}
+    compare: dict[str, Any] | None = None  # the short data-value experiment: {"bootstrap": N}
 
     @classmethod
     def load(cls, params: str | Path = "params.yaml", *, store: str | Path | None = None,
@@ -54,7 +55,7 @@ class PipelineConfig:
         if not isinstance(section, Mapping):
             raise PosepipeError(f"{params}: no pipeline: section (see docs/orchestration.md)")
         where = f"{params}: pipeline"
-        known = {"out", "store", "ingest", "synth", "mix", "train", "release", "real", "qa"}
+        known = {"out", "store", "ingest", "synth", "mix", "train", "release", "real", "qa", "compare"}
         unknown = sorted(set(section) - known)
         if unknown:
             raise PosepipeError(f"{where}.{unknown[0]} is not a pipeline setting (known: {', '.join(sorted(known))})")
@@ -87,10 +88,15 @@ class PipelineConfig:
             if not isinstance(qa, Mapping) or set(qa) - {"model", "sources"}:
                 raise PosepipeError(f"{where}.qa: give model (a pose model name) and optionally sources (a list)")
             qa = {"model": str(qa.get("model") or "movenet-thunder"), "sources": list(qa.get("sources") or [])}
+        compare = section.get("compare")
+        if compare is not None:
+            if not isinstance(compare, Mapping) or set(compare) - {"bootstrap"}:
+                raise PosepipeError(f"{where}.compare: give bootstrap (resamples for the interval), or remove it to skip")
+            compare = {"bootstrap": int(compare.get("bootstrap", 1000))}
         return cls(params=params, store=Path(store_dir), out=out_dir,
                    coco=coco, labelme=labelme, synth=synth, mix=mix, train=train,
                    release=release or section.get("release"), repo=params.resolve().parent,
-                   extra_real=list(section.get("real") or []), qa=qa)
+                   extra_real=list(section.get("real") or []), qa=qa, compare=compare)
 
     @property
     def held_out(self) -> list[str]:
@@ -217,17 +223,60 @@ def stage_export(cfg: PipelineConfig) -> dict:
                                   str(cfg.store))
 
 
+def compare_spec(cfg: PipelineConfig):
+    """The short data-value experiment: the trained configuration against real-only, one seed.
+
+    None (the stage is skipped) without training, synthetic data, ``pipeline.compare`` or a
+    step budget."""
+    from posepipe.training.experiment import ExperimentSpec
+
+    train = cfg.train
+    if cfg.compare is None or train is None or not cfg.synth_sources or train.max_steps is None:
+        return None
+    start = train.init or f"scratch:{train.model}"
+    return ExperimentSpec.from_mapping({
+        "manifest": str(cfg.out / "mix"), "out": str(cfg.out / "compare"), "store": str(cfg.store),
+        "held_out": list(train.val_sources), "arms": ["real-only", "mix-visibility"], "seeds": [train.seed],
+        "steps": train.max_steps, "starts": [start], "ratio": train.ratio, "batch_size": train.batch_size,
+        "lr": train.lr, "scratch_lr": train.lr, "nproc": train.nproc, "workers": train.workers,
+        "extra_args": list(train.extra_args), "bootstrap": cfg.compare["bootstrap"],
+    }, where=f"{cfg.params}: pipeline.compare")
+
+
+def _compare_skipped(cfg: PipelineConfig) -> dict:
+    why = ("no pipeline.compare section" if cfg.compare is None else "no training" if cfg.train is None else
+           "no synthetic data" if not cfg.synth_sources else "train.max_steps is not set (the budget in steps)")
+    return {"status": "skipped", "reason": why}
+
+
+def stage_compare(cfg: PipelineConfig) -> dict:
+    """Does synthetic help, short version: real-only vs the mix, same steps and seed (no Prefect)."""
+    spec = compare_spec(cfg)
+    if spec is None:
+        return _compare_skipped(cfg)
+    from posepipe.training import experiment
+
+    return _compare_result(experiment.run_direct(spec, replace=True))  # a new mix: compare again
+
+
+def _compare_result(results: Mapping[str, Any]) -> dict:
+    rows = [r for r in results["rows"] if r["subset"] == "all" and r["arm"] == "mix-visibility"]
+    return {"out": results["spec"]["out"], "sets": {r["set"]: {k: r.get(k) for k in ("AP", "dAP", "dAP_ci", "verdict")}
+                                                    for r in rows}}
+
+
 def stage_report(cfg: PipelineConfig, summary: Mapping[str, Any] | None = None) -> str:
     from posepipe.flows.report import ReportInputs, write_report
 
     inputs = ReportInputs(store=cfg.store, real_sources=cfg.real_sources + cfg.held_out, synth_sources=cfg.synth_sources,
                           mix_dir=cfg.out / "mix", train_dir=cfg.out / "train", export_dir=cfg.out / "export",
                           qa_dirs=sorted((cfg.out / "qa").glob("*/")) if (cfg.out / "qa").is_dir() else [],
+                          experiment_dir=cfg.out / "compare" if (cfg.out / "compare" / "results.json").is_file() else None,
                           summary=summary)
     return str(write_report(inputs, cfg.out / REPORT_NAME))
 
 
-STAGES = ("ingest", "qa", "synth", "mix", "release", "train", "export")
+STAGES = ("ingest", "qa", "synth", "mix", "release", "train", "export", "compare")
 
 
 def _detail(stage: str, result: Any) -> str:
@@ -250,6 +299,9 @@ def _detail(stage: str, result: Any) -> str:
         return f"AP {m.get('AP', 0):.4f}, PCK {m.get('PCK', 0):.3f}"
     if stage == "export":
         return f"AP FP32 {result['ap_fp32']:.4f} / INT8 {result['ap_int8']:.4f}; size x{result['size_ratio']:.2f}"
+    if stage == "compare":
+        return "; ".join(f"{name}: mix AP {r['AP']:.3f}, {r['dAP']:+.3f} vs real-only ({r['verdict']}, one seed)"
+                         for name, r in result["sets"].items() if r.get("AP") is not None)
     return ""
 
 
@@ -301,6 +353,7 @@ def run_direct(cfg: PipelineConfig) -> dict:
     line.run("release", lambda: stage_release(cfg))
     line.run("train", lambda: stage_train(cfg))
     line.run("export", lambda: stage_export(cfg))
+    line.run("compare", lambda: stage_compare(cfg))
     summary = line.summary(cfg)
     summary["report"] = stage_report(cfg, summary)
     return summary
@@ -314,6 +367,10 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     if summary.get("report"):
         lines += ["", f"Report: `{summary['report']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _read_results(flow_result: Mapping[str, Any]) -> dict:
+    return json.loads((Path(flow_result["out"]) / "results.json").read_text())
 
 
 # ----- the flow ---------------------------------------------------------------------------
@@ -358,6 +415,13 @@ def pipeline(params: str = "params.yaml", store: str | None = None, out: str | N
     else:
         line.run("train", lambda: stage_train(cfg))
         line.run("export", lambda: stage_export(cfg))
+    spec = compare_spec(cfg)
+    if spec is None:
+        line.run("compare", lambda: _compare_skipped(cfg))
+    else:
+        from posepipe.flows import experiment_flow
+
+        line.run("compare", lambda: _compare_result(_read_results(experiment_flow.experiment(spec=spec.to_dict(), replace=True))))
     summary = line.summary(cfg)
     summary["report"] = report_task(cfg, summary)
     create_markdown_artifact(summary_markdown(summary), key=SUMMARY_ARTIFACT_KEY, description="posepipe run")

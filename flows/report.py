@@ -40,6 +40,7 @@ class ReportInputs:
     train_dir: Path | None = None
     export_dir: Path | None = None
     qa_dirs: list[Path] = field(default_factory=list)  # posepipe qa outputs (qa.json) to show
+    experiment_dir: Path | None = None  # a posepipe experiment output (results.json): "does synthetic help"
     title: str = "posepipe pipeline report"
     summary: Mapping[str, Any] | None = None  # stage timings and counts from the flow
     gallery_per_kind: int = 6
@@ -483,6 +484,104 @@ def qa_section(store: PoseStore, qa: Mapping[str, Any] | None, top: int = 12) ->
     return "".join(out)
 
 
+ARM_COLOURS = {"real-only": "#3b7dd8", "mix-visibility": "#e07b22", "mix-uniform": "#3aa655",
+               "synth-then-real": "#9b59b6", "start": "#888888"}
+
+
+def svg_lines(series: Mapping[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
+              colours: Mapping[str, str], width: int = 640, height: int = 240) -> str:
+    """Several line series on shared axes, with a legend."""
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return "<p class='missing'>no points</p>"
+    left, bottom, top, right = 56, 50, 10, 12
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = min(0.0, min(ys)), max(ys) if max(ys) > 0 else 1.0
+    pw, ph = width - left - right, height - top - bottom
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="chart">']
+    for t in (0, 0.5, 1):
+        yv = y0 + (y1 - y0) * t
+        y = top + ph * (1 - (yv - y0) / (y1 - y0 or 1))
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                   f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+    lx = left
+    for name, pts in series.items():
+        colour = colours.get(name, "#444")
+        path = " ".join(f"{left + pw * (x - x0) / (x1 - x0):.1f},{top + ph * (1 - (y - y0) / (y1 - y0 or 1)):.1f}"
+                        for x, y in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        out.append(f'<rect x="{lx}" y="{height - 14}" width="12" height="12" fill="{colour}"/>'
+                   f'<text x="{lx + 16}" y="{height - 4}">{html.escape(name)}</text>')
+        lx += 30 + 7 * len(name)
+    out.append(f'<text x="{left}" y="{height - 22}">{html.escape(xlabel)} {x0:g}</text>'
+               f'<text x="{width - right}" y="{height - 22}" text-anchor="end">{x1:g}</text>'
+               f'<text x="{left + 4}" y="{top + 12}">{html.escape(ylabel)}</text></svg>')
+    return "".join(out)
+
+
+def _with_ci(value, ci, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    if ci:
+        text += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
+def headline_text(results: Mapping[str, Any]) -> list[str]:
+    """One sentence per start and held-out set: the 1:3 mix against real-only on extreme poses."""
+    spec = results["spec"]
+    lines = []
+    for h in results.get("headline", []):
+        if h.get("dAP") is None:
+            continue
+        lines.append(f"{h['set']} (from {h['start']}), {h['people']} people in extreme poses: the {spec['ratio']} mix "
+                     f"scores AP {h['AP']:.3f}, {_with_ci(h['dAP'], h.get('dAP_ci'), signed=True)} against real "
+                     f"only: {h['verdict']}.")
+    return lines
+
+
+def experiment_section(results: Mapping[str, Any] | None, short: bool = False) -> str:
+    """The data-value experiment: headline, one table per start and held-out set, and the loss curves."""
+    if not results:
+        return _missing("no experiment in this run (posepipe experiment)")
+    spec = results["spec"]
+    out = []
+    if short:
+        out.append(f"<p class='warn'>Short version: {len(spec['arms'])} arms, {len(spec['seeds'])} seed, "
+                   f"{spec['steps']} steps each. It shows the direction, not evidence; the full experiment is "
+                   "<code>posepipe experiment</code> (docs/experiment.md).</p>")
+    out.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in headline_text(results)) + "</ul>")
+    out.append(f"<p class='note'>{len(spec['seeds'])} seed(s) per arm, {spec['steps']} steps each, ratio "
+               f"{html.escape(spec['ratio'])}; intervals: 95% over {results['bootstrap']} bootstrap resamples of the "
+               "held-out images and the seeds, differences paired by seed. <i>start</i>: the starting model, untrained."
+               "</p>")
+    groups: dict[tuple[str, str], list] = {}
+    for row in results["rows"]:
+        groups.setdefault((row["start"], row["set"]), []).append(row)
+    for (start, set_name), rows in groups.items():
+        table = [{"subset": r["subset"], "arm": r["arm"], "people": r["people"],
+                  "AP [95% CI]": _with_ci(r.get("AP"), r.get("AP_ci")) or "no people",
+                  "AP vs real-only": _with_ci(r.get("dAP"), r.get("dAP_ci"), signed=True),
+                  "verdict": r.get("verdict", ""), "AP50": r.get("AP50"), "PCK@0.1": r.get("PCK")} for r in rows]
+        out.append(f"<h3>{html.escape(set_name)}, from {html.escape(start)}</h3>" + _table(table))
+    curves = {k.split("/", 1)[1]: [(p["step"], p["loss"]) for p in pts] for k, pts in results.get("curves", {}).items()}
+    if curves:
+        out.append("<h3>Training loss (mean over seeds)</h3>" + svg_lines(curves, "step", "loss", ARM_COLOURS))
+    return "".join(out)
+
+
+def write_experiment_page(results: Mapping[str, Any], out: str | Path) -> Path:
+    """``posepipe experiment``'s page: the experiment section alone."""
+    body = "<h1>Does synthetic data help?</h1>" + experiment_section(results)
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>posepipe experiment</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    out = Path(out)
+    atomic.write_text(out, page)
+    return out
+
+
 def write_qa_page(store_root: Path, qa: Mapping[str, Any], out: str | Path, top: int = 40) -> Path:
     """``posepipe qa``'s page: the label-check section alone, with more findings."""
     body = f"<h1>Label check: {html.escape(qa['source'])}</h1>" + qa_section(PoseStore(store_root), qa, top)
@@ -513,6 +612,10 @@ def render_html(inp: ReportInputs) -> tuple[str, dict]:
         "<h2>Training curves</h2>", training_section(inp.train_dir),
         "<h2>Accuracy: AP, FP32 and INT8</h2>", results_section(inp.train_dir, inp.export_dir),
     ]
+    if inp.experiment_dir is not None:
+        results = _read_json(Path(inp.experiment_dir) / "results.json")
+        short = bool(results) and len(results["spec"]["seeds"]) == 1
+        body += ["<h2>Does synthetic help?</h2>", experiment_section(results, short=short)]
     for qa_dir in inp.qa_dirs:
         qa = _read_json(Path(qa_dir) / "qa.json")
         body += ["<h2>Label check: labels vs a pretrained model</h2>", qa_section(store, qa)]

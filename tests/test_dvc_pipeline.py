@@ -12,7 +12,7 @@ import typer
 from posepipe.flows.cli import app
 from tests.conftest import REPO
 
-STAGES = {"ingest@0", "ingest@1", "synth", "mix", "train", "export"}
+STAGES = {"ingest@0", "ingest@1", "synth", "mix", "train", "export", "experiment"}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -178,7 +179,10 @@ def test_main_job_end_to_end_with_report_in_chromium(prefect_harness, tmp_path):
     stages = {s["stage"]: s for s in summary["stages"]}
     assert list(stages) == list(pipeline.STAGES)
     assert stages["release"]["status"] == "skipped" and "--release" in stages["release"]["detail"]
-    assert all(stages[s]["status"] == "done" for s in ("ingest", "synth", "mix", "train", "export"))
+    assert all(stages[s]["status"] == "done" for s in ("ingest", "synth", "mix", "train", "export", "compare"))
+    compare = json.loads((out / "compare" / "results.json").read_text())
+    assert compare["spec"]["arms"] == ["real-only", "mix-visibility"] and compare["spec"]["seeds"] == [0]
+    assert "vs real-only" in stages["compare"]["detail"] and "coco-val" in stages["compare"]["detail"]
     mix = json.loads((out / "mix" / "report.json").read_text())
     assert mix["ratio"] == "1:3" and mix["synthetic_sources"] == ["synth/e2e"]
     export = json.loads((out / "export" / "export_report.json").read_text())
@@ -189,6 +193,7 @@ def test_main_job_end_to_end_with_report_in_chromium(prefect_harness, tmp_path):
     assert page.count("data:image/png;base64,") >= 4  # real and synthetic gallery
     assert 'class="col synthetic"><h3>Synthetic (' in page and "FP32 vs INT8" in page
     assert "Loss per step" in page and "head_below_hips" in page
+    assert "Does synthetic help?" in page and "Short version: 2 arms, 1 seed" in page
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium): the screenshot was not taken")
@@ -207,3 +212,68 @@ def test_main_job_end_to_end_with_report_in_chromium(prefect_harness, tmp_path):
         assert img.size == (1200, 2400)
         colours = img.convert("RGB").resize((60, 120)).getcolors(maxcolors=100000)
     assert len(colours) > 50, "the screenshot is blank"  # a rendered page with pictures and charts
+
+
+def test_experiment_flow_trains_scores_and_resumes(prefect_harness, train_workspace, model_cache, tmp_path):  # noqa: F811
+    """Three arms from pulled MoveNet Lightning (torchrun, 2 processes each), scored on coco-val;
+    then the CLI on the same folder trains nothing and writes the same tables and the page."""
+    from posepipe.flows import experiment_flow
+    from posepipe.pretrained.pull import pull
+    from posepipe.training import evaluate, experiment
+
+    pull("movenet-lightning", model_cache)
+    _, manifest = train_workspace
+    out = tmp_path / "exp"
+    spec = {"manifest": str(manifest), "out": str(out), "arms": ["real-only", "mix-visibility", "synth-then-real"],
+            "seeds": [0], "steps": 2, "starts": ["movenet-lightning"], "batch_size": 8, "bootstrap": 100}
+    summary = experiment_flow.experiment(spec=spec)
+    assert summary["runs"] == 3 and summary["headline"][0]["set"] == experiment.MANIFEST_VAL
+    results = json.loads((out / "results.json").read_text())
+    arms = {r["arm"] for r in results["rows"]}
+    assert arms == {"start", "real-only", "mix-visibility", "synth-then-real"}
+    parsed = experiment.ExperimentSpec.from_mapping(spec)
+    gt = out / "sets" / experiment.MANIFEST_VAL / "val_gt.json"
+    for run in experiment.plan(parsed):
+        folder = run.folder(out)
+        done = json.loads((folder / "run.json").read_text())
+        assert done["steps"] == 2
+        reference = evaluate.coco_eval(gt, folder / "eval" / experiment.MANIFEST_VAL / "predictions.json")
+        assert done["sets"][experiment.MANIFEST_VAL]["AP"] == reference["AP"]
+        row = next(r for r in results["rows"] if r["arm"] == run.arm and r["subset"] == "all")
+        assert row["AP"] == round(reference["AP"], 4)
+    staged = experiment.plan(parsed)[2].folder(out)
+    assert json.loads((staged / "pretrain" / "train_result.json").read_text())["steps"] == 1
+    assert json.loads((staged / "train" / "train_result.json").read_text())["steps"] == 1
+    assert [p["stage"] for p in json.loads((staged / "curve.json").read_text())] == ["pretrain", "train"]
+    assert "# Does synthetic data help?" in _artifact(experiment_flow.ARTIFACT_KEY).data
+
+    proc = subprocess.run([sys.executable, "-m", "posepipe.flows.cli", "experiment", "--manifest", str(manifest),
+                           "--out", str(out), "--arms", "real-only,mix-visibility,synth-then-real", "--seeds", "0",
+                           "--steps", "2", "--start", "movenet-lightning", "--bootstrap", "100", "--no-prefect",
+                           "--json"], capture_output=True, text=True, timeout=LONG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torchrun" not in proc.stderr and "epoch 1/" not in proc.stderr  # every run was kept
+    again = json.loads(proc.stdout)
+    assert again["rows"] == results["rows"]
+    assert "Does synthetic data help?" in Path(again["report"]).read_text()
+
+
+def test_experiment_lanes_fan_out_over_a_local_dask_cluster(prefect_harness, train_workspace, model_cache, tmp_path):  # noqa: F811
+    """Two seeds in two lanes, each lane a task on its own Dask worker process, each run its own torchrun."""
+    from posepipe.flows import experiment_flow
+    from posepipe.pretrained.pull import pull
+    from posepipe.training import experiment
+
+    pull("movenet-lightning", model_cache)
+    _, manifest = train_workspace
+    spec = {"manifest": str(manifest), "out": str(tmp_path / "exp"), "arms": ["real-only"], "seeds": [0, 1],
+            "steps": 1, "starts": ["movenet-lightning"], "nproc": 1, "parallel": 2, "bootstrap": 20}
+    parsed = experiment.ExperimentSpec.from_mapping(spec)
+    assert [len(lane.runs) for lane in experiment.lanes(parsed)] == [1, 1]
+    summary = experiment_flow.experiment_with_runner(dask=True, workers=2)(spec=spec)
+    assert summary["runs"] == 2
+    runs = [json.loads((r.folder(parsed.folder) / "run.json").read_text()) for r in experiment.plan(parsed)]
+    assert [r["seed"] for r in runs] == [0, 1] and all(r["steps"] == 1 for r in runs)
+    logs = [json.loads(line) for r in experiment.plan(parsed)
+            for line in (r.folder(parsed.folder) / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert {e["schedule"] for e in logs if e.get("event") == "start"} == {"steps"}

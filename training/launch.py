@@ -36,6 +36,7 @@ class LaunchConfig:
     train_args: list[str] = field(default_factory=list)  # more flags for training.train, as given
     threads: int | None = None
     init: str | None = None  # pretrained start: a model name (pulled here first), folder or checkpoint.pt
+    env: dict[str, str] = field(default_factory=dict)  # set for torchrun and its ranks, e.g. CUDA_VISIBLE_DEVICES
 
 
 def threads_per_process(nproc: int) -> int:
@@ -49,7 +50,7 @@ def preflight(cfg: LaunchConfig) -> None:
     from posepipe.training.model import get_config
 
     if cfg.init:
-        _prepare_init(cfg.init)
+        prepare_init(cfg.init)
     else:
         get_config(cfg.model)
     if (cfg.epochs is None) == (cfg.max_steps is None):
@@ -65,7 +66,7 @@ def preflight(cfg: LaunchConfig) -> None:
         raise PosepipeError(f"{cfg.manifest}/manifest.parquet: no rows with split 'train'")
 
 
-def _prepare_init(init: str) -> None:
+def prepare_init(init: str) -> None:
     """A named model is pulled here, once, before any rank starts (ranks only read the cache)."""
     from posepipe.pretrained import registry
     from posepipe.pretrained.cache import ModelCache
@@ -103,6 +104,7 @@ def environment(cfg: LaunchConfig) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(cfg.threads or threads_per_process(cfg.nproc))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    env.update(cfg.env)
     return env
 
 

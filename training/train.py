@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=None,
                    help="steps over which the rate ramps up linearly (default: 10%% of the steps, at most 100, "
                         "with --init; 0 from scratch)")
+    p.add_argument("--schedule", default="epochs", choices=("epochs", "steps"),
+                   help="where the rate drops 10x (at 90/140 and 120/140): of the epochs (SimpleBaseline), or of "
+                        "--max-steps, so runs over manifests of different sizes follow the same schedule step for step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="data-loader processes per rank")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
@@ -261,7 +264,9 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     # SimpleBaseline drops the learning rate 10x at 90/140 and 120/140 of training.
-    milestones = sorted({max(1, round(epochs * 90 / 140)), max(1, round(epochs * 120 / 140))})
+    per_step = args.schedule == "steps"
+    length = total_steps if per_step else epochs
+    milestones = sorted({max(1, round(length * 90 / 140)), max(1, round(length * 120 / 140))})
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
     log = RankLog(out / LOG, main)
@@ -280,7 +285,8 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
             (out / LOG).unlink()
         log.write(event="start", model=config.name, init=config.init, world_size=world, epochs=epochs, steps_per_epoch=steps_per_epoch,
                   batch_size=args.batch_size, ratio=args.ratio, seed=args.seed, backend=dist.get_backend(),
-                  augment=args.augment, lr=args.lr, warmup_steps=warmup)
+                  augment=args.augment, lr=args.lr, warmup_steps=warmup, schedule=args.schedule,
+                  lr_milestones=milestones)
 
     val = _validation(store, manifest, args) if main else None
     ohkm = 8 if args.ohkm else 0
@@ -297,6 +303,8 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
         for batch in progress.track(loader, steps_per_epoch, f"epoch {epoch + 1}/{epochs}"):
             loss = train_step(ddp, optimizer, batch, device, ohkm, min(1.0, (step + 1) / warmup) if warmup else 1.0)
             step += 1
+            if per_step:
+                scheduler.step()
             seen += len(batch["image"]) * world
             mean_loss = loss.clone()
             dist.all_reduce(mean_loss)
@@ -308,7 +316,8 @@ def _train(args, rank, world, device, main, progress, sampler_cls):
             if step >= total_steps:
                 break
         loop_seconds += time.perf_counter() - epoch_started
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         quick = _quick_pck(model, store, val, config, args.pck_instances) if main else None
         states = [None] * world
         dist.all_gather_object(states, rng_state())
