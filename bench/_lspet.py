@@ -56,3 +56,25 @@ def lspet_coco(first: int, last: int, out: Path) -> Path:
     doc = {"images": images, "annotations": annotations, "categories": [schema.PERSON_CATEGORY]}
     out.write_text(json.dumps(doc))
     return out
+
+
+def benchmark_store(work: Path, lspet_train: int, lspet_test: int):
+    """A store under ``work`` with coco-mini train and val, the OCHuman and Human-Art samples, and
+    LSPET 1..lspet_train (lspet-train) and its last lspet_test images (lspet-test). Re-running
+    ingests nothing new (each file's content is checked first)."""
+    from posepipe.datasets.coco import ingest_coco
+    from posepipe.datasets.store import PoseStore
+
+    store = PoseStore(work / "store")
+    mini, samples = SHARED / "coco-mini", SHARED / "pose-samples"
+    sources = [("coco-train", mini / "annotations/person_keypoints_train2017.json", mini / "train2017"),
+               ("coco-val", mini / "annotations/person_keypoints_val2017.json", mini / "val2017"),
+               ("ochuman", samples / "ochuman/test_ochuman.json", samples / "ochuman"),
+               ("humanart", samples / "humanart/test_humanart.json", samples / "humanart"),
+               ("lspet-train", lspet_coco(1, lspet_train, work / "lspet_train.json"), SHARED / "lspet/images"),
+               ("lspet-test", lspet_coco(6001 - lspet_test, 6000, work / "lspet_test.json"), SHARED / "lspet/images")]
+    for name, labels, images in sources:
+        report = ingest_coco(store, labels, images, name)
+        print(f"{name}: {report.annotations_accepted}/{report.annotations_read} people accepted "
+              f"{dict(report.reasons) or ''}", flush=True)
+    return store

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _lspet import lspet_coco  # noqa: E402
-from _train_setup import SHARED  # noqa: E402
+from _lspet import benchmark_store  # noqa: E402
 
 
 def main() -> None:
@@ -49,9 +48,7 @@ def main() -> None:
     if args.lspet_train + args.lspet_test > 6000:
         sys.exit("--lspet-train + --lspet-test must be at most 6000")
 
-    from posepipe.datasets.coco import ingest_coco
     from posepipe.datasets.mix import MixConfig, build_manifest, write_mix
-    from posepipe.datasets.store import PoseStore
     from posepipe.synth.run import SynthOptions, synth_run
     from posepipe.training import experiment
     from posepipe.training.experiment_stats import markdown
@@ -61,20 +58,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     phases: dict[str, float] = {}
     t = time.perf_counter()
-    store = PoseStore(work / "store")
-    known = store.sources()
-    mini, samples = SHARED / "coco-mini", SHARED / "pose-samples"
-    coco = [("coco-train", mini / "annotations/person_keypoints_train2017.json", mini / "train2017"),
-            ("coco-val", mini / "annotations/person_keypoints_val2017.json", mini / "val2017"),
-            ("ochuman", samples / "ochuman/test_ochuman.json", samples / "ochuman"),
-            ("humanart", samples / "humanart/test_humanart.json", samples / "humanart"),
-            ("lspet-train", lspet_coco(1, args.lspet_train, work / "lspet_train.json"), SHARED / "lspet/images"),
-            ("lspet-test", lspet_coco(6001 - args.lspet_test, 6000, work / "lspet_test.json"), SHARED / "lspet/images")]
-    for name, annotations, images in coco:
-        if name not in known:
-            report = ingest_coco(store, annotations, images, name)
-            print(f"{name}: {report.annotations_accepted}/{report.annotations_read} people accepted "
-                  f"{dict(report.reasons) or ''}", flush=True)
+    store = benchmark_store(work, args.lspet_train, args.lspet_test)
     phases["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()

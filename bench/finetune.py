@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _lspet import lspet_coco  # noqa: E402
-from _train_setup import SHARED  # noqa: E402
+from _lspet import benchmark_store  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,9 +49,7 @@ def main() -> None:
     if args.lspet_train + args.lspet_test > 6000:
         sys.exit("--lspet-train + --lspet-test must be at most 6000")
 
-    from posepipe.datasets.coco import ingest_coco
     from posepipe.datasets.mix import MixConfig, build_manifest, write_mix
-    from posepipe.datasets.store import PoseStore
     from posepipe.pretrained.runtime import load
     from posepipe.training import evaluate
     from posepipe.training.launch import LaunchConfig, run
@@ -60,19 +57,7 @@ def main() -> None:
     work_ctx = tempfile.TemporaryDirectory() if args.keep is None else None
     work = Path(work_ctx.name) if work_ctx else args.keep
     work.mkdir(parents=True, exist_ok=True)
-    store = PoseStore(work / "store")
-    mini = SHARED / "coco-mini"
-    samples = SHARED / "pose-samples"
-    ingest_coco(store, mini / "annotations/person_keypoints_train2017.json", mini / "train2017", "coco-train")
-    ingest_coco(store, mini / "annotations/person_keypoints_val2017.json", mini / "val2017", "coco-val")
-    ingest_coco(store, samples / "ochuman/test_ochuman.json", samples / "ochuman", "ochuman")
-    ingest_coco(store, samples / "humanart/test_humanart.json", samples / "humanart", "humanart")
-    train_file = lspet_coco(1, args.lspet_train, work / "lspet_train.json")
-    test_file = lspet_coco(6001 - args.lspet_test, 6000, work / "lspet_test.json")
-    for name, path in (("lspet-train", train_file), ("lspet-test", test_file)):
-        report = ingest_coco(store, path, SHARED / "lspet/images", name)
-        print(f"{name}: {report.annotations_accepted}/{report.annotations_read} people accepted "
-              f"{dict(report.reasons) or ''}", flush=True)
+    store = benchmark_store(work, args.lspet_train, args.lspet_test)
 
     sets = ["lspet-test", "ochuman", "humanart", "coco-val"]
     vals = {s: evaluate.validation_set(store, sources=[s]) for s in sets}
