@@ -14,6 +14,7 @@ this module is imported), so importing it configures nothing.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 
 from prefect import flow, task, unmapped
@@ -39,7 +40,9 @@ def _lane(spec_dict: dict, lane: exp.Lane) -> list[dict]:
 
     def done(run: exp.RunSpec, result: dict) -> None:
         scores = ", ".join(f"{name} AP {s['AP']:.3f}" for name, s in result["sets"].items())
-        logger.info(f"{run.start}/{run.arm}/seed{run.seed}: {scores}")
+        line = f"{run.start}/{run.arm}/seed{run.seed}: {scores}"
+        logger.info(line)
+        print(line, file=sys.stderr, flush=True)  # the console shows progress run by run
 
     return exp.run_lane(spec, lane, launch, done)
 
