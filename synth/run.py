@@ -69,6 +69,9 @@ class SynthOptions:
     # Numpy work (scene sampling, posing, compositing, encoding) in a helper thread beside each
     # render call; False does it all between render calls: the baseline bench/synth.py compares.
     pipeline: bool = True
+    # Score the source with a real-trained pretrained model next to the store's real sources
+    # (synth/realism.py) and put it in the report; it pulls the model on first use.
+    realism: bool = False
     # (first, stop): render only images first..stop-1 of the run (same seeds, same bytes as in a
     # whole run), e.g. one slice of a run fanned out over tasks or machines; None: all of them.
     units: tuple[int, int] | None = None
@@ -280,7 +283,12 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
     result.wall_seconds = time.perf_counter() - t0
     from .report import build_report, write_report
 
-    result.report = build_report(store, source, result)
+    realism = None
+    if opts.realism:
+        from .realism import realism as score_realism
+
+        realism = score_realism(store, source)
+    result.report = build_report(store, source, result, realism=realism)
     if report_dir is not None:
         write_report(result.report, Path(report_dir))
     return result

@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
 
         renderer.stage(_config(job), Path(tmp))
         t_ready = time.perf_counter()
-        setup = {"worker_setup_seconds": t_ready - t0, "stage_seconds": t_ready - t_stage}
+        import resource
+
+        # ru_maxrss is in KiB on Linux: the worker's peak memory once staged (Blender, and Anny's model)
+        setup = {"worker_setup_seconds": t_ready - t0, "stage_seconds": t_ready - t_stage,
+                 "worker_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         run_units(renderer, job["units"], job, Path(tmp), setup, crash_on, hang_on)
     sys.stdout.flush()
     sys.stderr.flush()

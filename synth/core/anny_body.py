@@ -78,7 +78,7 @@ AVERAGE_PHENOTYPE = {"gender": 0.5, "age_years": 30.0, "age": anny_age(30.0), "m
                      "height": 0.5, "proportions": 0.5}
 
 # Body regions, by each vertex's most weighted bone (clothing is painted per region).
-REGIONS = ("skin", "torso", "upper_arm", "lower_arm", "hips", "thigh", "shin", "foot", "eye")
+REGIONS = ("skin", "torso", "upper_arm", "lower_arm", "hips", "thigh", "shin", "foot", "eye", "scalp", "iris")
 _REGION_BONES = {
     "torso": ("spine05", "spine04", "spine03", "spine02", "spine01", "clavicle", "shoulder01"),
     "upper_arm": ("upperarm01", "upperarm02"), "lower_arm": ("lowerarm01", "lowerarm02"),
@@ -175,6 +175,7 @@ class AnnyModel:
         self.face_parts = self.parts[self.faces[:, 0]]  # each triangle takes its first corner's part
         avg = self.rest(AVERAGE_PHENOTYPE)
         self.face_vertices = self._face_vertices(avg)
+        self._scalp_and_iris(avg)
 
     # -- phenotype -> rest ----------------------------------------------------------------------
 
@@ -244,6 +245,25 @@ class AnnyModel:
                     code[i] = PARTS.index(part if part in ("head", "torso") else f"{part}.{side}")
         main = self.weight_bones[np.arange(len(self.weights)), self.weights.argmax(axis=1)]
         return code[main]
+
+    def _scalp_and_iris(self, rest: Rest) -> None:
+        """Mark, on the average rest shape, the scalp (where hair is painted: head vertices 5.5 cm
+        above the eyes, or above the nape behind the ears) and each eye's iris (eye vertices within
+        4 mm of the cornea's apex)."""
+        v, fv = rest.vertices, self.face_vertices
+        eye_z = (v[fv["left_eye"], 2] + v[fv["right_eye"], 2]) / 2
+        ear_y = (v[fv["left_ear"], 1] + v[fv["right_ear"], 1]) / 2
+        main = self.weight_bones[np.arange(len(v)), self.weights.argmax(axis=1)]
+        head = (self.regions == REGIONS.index("skin")) & (main == self._index["head"])
+        scalp = head & ((v[:, 2] > eye_z + 0.055) | ((v[:, 2] > eye_z - 0.04) & (v[:, 1] > ear_y + 0.01)))
+        eye = self.regions == REGIONS.index("eye")
+        iris = np.zeros(len(v), dtype=bool)
+        for joint in ("left_eye", "right_eye"):
+            apex = v[fv[joint]]
+            iris |= eye & (np.linalg.norm(v - apex, axis=1) < 0.006)
+        self.regions = self.regions.copy()
+        self.regions[scalp] = REGIONS.index("scalp")
+        self.regions[iris] = REGIONS.index("iris")
 
     def _face_vertices(self, rest: Rest) -> dict[str, int]:
         v = rest.vertices

@@ -32,6 +32,8 @@ class SceneConfig:
     pose_attempts: int = 20
     bvh_clips: tuple = ()  # ((clip name, frame count), ...): mocap poses as a second pose source
     bvh_share: float = 0.5  # chance that a person takes a mocap frame instead of a sampled pose
+    elevation: tuple = (-30.0, 80.0)  # camera degrees above the horizon (uniform)
+    free_roll: float = 0.2  # share of images whose camera roll is uniform over the circle (else ~N(0, 10))
     body: str = "mannequin"  # "anny": realistic Anny bodies (anny_body.py); "mannequin": capsules
     age_range: tuple = (0.0, 90.0)  # years, Anny people's ages (phenotype.py)
 
@@ -171,9 +173,9 @@ def sample_scene(seed: int, config: SceneConfig | None = None) -> SceneSpec:
             people[-1].outfit = sample_outfit(np.random.default_rng([seed, OUTFIT_STREAM, k]))
     camera = CameraSpec(
         fill=float(rng.uniform(0.7, 1.15)),
-        elevation=float(rng.uniform(-30, 80)),
+        elevation=float(rng.uniform(*cfg.elevation)),
         azimuth=float(rng.uniform(0, 360)),
-        roll=float(rng.normal(0, 10)) if rng.random() < 0.8 else float(rng.uniform(-180, 180)),
+        roll=float(rng.normal(0, 10)) if rng.random() >= cfg.free_roll else float(rng.uniform(-180, 180)),
         focal_mm=float(rng.uniform(24, 85)),
     )
     lights = []

@@ -75,12 +75,14 @@ class AnnySlot:
 
     def place(self, posed: anny_body.Posed, person) -> np.ndarray:
         """Write the skinned mesh and the person's clothing; its world keypoints."""
-        skin, top, bottom, shoes, eyes = self.materials
+        skin, top, bottom, shoes, eyes, hair, iris = self.materials
         skin.set(self.obj, person.skin_rgb)
         top.set(self.obj, person.clothing_rgb, person.texture_scale)
         bottom.set(self.obj, person.trousers_rgb, person.texture_scale * 0.5)
         shoes.set(self.obj, tuple(person.outfit.get("shoes_rgb", (0.05, 0.05, 0.05))))
         eyes.set(self.obj, (0.55, 0.55, 0.52))
+        hair.set(self.obj, tuple(person.outfit.get("hair_rgb", (0.04, 0.022, 0.012))))
+        iris.set(self.obj, (0.03, 0.02, 0.015))
         table = outfit.region_slots(person.outfit)
         self.mesh.attributes["material_index"].data.foreach_set("value", table[self.face_region].astype(np.int32))
         co = posed.vertices

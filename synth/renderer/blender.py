@@ -223,6 +223,7 @@ def _annotate_anny(people, st: "_Stage", occluders: int, cam_matrix, k) -> None:
                 found[n].append((hit[0], q, hit[1]))
     first = {i: min(f, key=lambda h: h[0]) for i, f in zip(np.flatnonzero(inside).tolist(), found) if f}
     dist, inside, xy = np.linalg.norm(points - eye, axis=1).tolist(), inside.tolist(), xy.tolist()
+    head = anny_body.PARTS.index("head")
     for p, (res, slot) in enumerate(zip(people, slots)):
         rows = []
         own = [first[i][2] if i in first and first[i][1] == p else None for i in range(p * 17, p * 17 + 17)]
@@ -230,6 +231,10 @@ def _annotate_anny(people, st: "_Stage", occluders: int, cam_matrix, k) -> None:
             i = p * 17 + j
             hit = visibility.RayHit(*first[i][:2]) if i in first else None
             v, res.occlusion[j] = visibility.decide(inside[i], dist[i], hit, p, tolerance)
+            if v == 1 and j < 5 and own[j] == head:
+                # A face landmark behind its own head (the person faces away): unlabelled, as COCO's
+                # annotators leave a nose or eye they cannot see on a head seen from behind.
+                v, res.occlusion[j] = 0, None
             rows.append((xy[i][0], xy[i][1], v) if v else (0.0, 0.0, 0.0))
         res.keypoints[:] = rows
 
