@@ -36,7 +36,7 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         rig: Optional[Path] = typer.Option(
             None, "--rig", help="Joint-map JSON of your own rigged human (.glb/.gltf/.fbx, see docs/user_rig.md): "
                                 "people are that model, posed by retargeting, instead of the mannequin."),
-        body: str = typer.Option("mannequin", "--body", help="anny: realistic Anny people (phenotypes over the "
+        body: str = typer.Option("anny", "--body", help="anny: realistic Anny people (phenotypes over the "
                                  "whole population, clothed); mannequin: capsule mannequins."),
         age_range: str = typer.Option("0:90", "--age-range", help="MIN:MAX years of Anny people (within 0:90)."),
         realism: bool = typer.Option(False, "--realism", help="Score the source with a real-trained pretrained "

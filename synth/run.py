@@ -43,7 +43,7 @@ from .core.user_rig import load_joint_map
 # Part of every unit's parameters (so of its hash): bump it when the same unit would render to
 # other bytes, so that a resumed or re-run source does not mix images of two generator versions.
 # 2: PNG written by synth/image.py, float32 background noise (2026-11).
-# 3: Anny bodies (SceneConfig.body), phenotype and outfit streams, person records carry the body (2026-12).
+# 3: Anny bodies by default (SceneConfig.body), phenotype and outfit streams, records carry the body (2026-12).
 GENERATOR_VERSION = 3
 
 

@@ -37,6 +37,7 @@ other vertex, so they move with the face.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.metadata
 import importlib.util
@@ -313,8 +314,18 @@ def load_model() -> AnnyModel:
 
         torch.set_num_threads(1)  # beside Blender's render threads; and one thread sums in one order
         import anny
+        from anny.paths import get_anny_cache_path
 
-        model = anny.Anny(rig=ANNY_RIG, topology=ANNY_TOPOLOGY).to(dtype=torch.float64)
+        # Anny writes its cache files in place: workers starting together on a machine without
+        # the cache would read each other's half-written files. One builds, the others wait.
+        cache = Path(get_anny_cache_path())
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".posepipe-build.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                model = anny.Anny(rig=ANNY_RIG, topology=ANNY_TOPOLOGY).to(dtype=torch.float64)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
     except AnnyUnavailable:
         raise
     except Exception as exc:  # a broken install: one line, not a traceback

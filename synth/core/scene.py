@@ -34,7 +34,7 @@ class SceneConfig:
     bvh_share: float = 0.5  # chance that a person takes a mocap frame instead of a sampled pose
     elevation: tuple = (-30.0, 80.0)  # camera degrees above the horizon (uniform)
     free_roll: float = 0.2  # share of images whose camera roll is uniform over the circle (else ~N(0, 10))
-    body: str = "mannequin"  # "anny": realistic Anny bodies (anny_body.py); "mannequin": capsules
+    body: str = "anny"  # "anny": realistic Anny bodies (anny_body.py); "mannequin": capsule mannequins
     age_range: tuple = (0.0, 90.0)  # years, Anny people's ages (phenotype.py)
 
 
