@@ -78,13 +78,13 @@ def _score_source(model, store: PoseStore, source: str, work: Path, breakdown: b
 
 
 def realism(store: PoseStore, source: str, real_sources: list[str] | None = None, model: str = DEFAULT_MODEL,
-            work_dir: str | Path | None = None) -> dict:
+            work_dir: str | Path | None = None, cache=None) -> dict:
     """Score ``source`` (a ``synth/`` source) and the real sources with a pretrained pose model.
 
     Returns ``{"model", "synthetic": {"source", "AP", "PCK", "instances", "by_family": {family:
     {"AP", "instances"}}, "by_visibility": {bucket: {"AP", "instances"}}}, "real": {source: {"AP",
     "PCK", "instances"}}, "ratio": {real source: synthetic AP / its AP}}``; an AP is None where
-    fewer than :data:`MIN_SUBSET` people were scored."""
+    fewer than :data:`MIN_SUBSET` people were scored. ``cache``: the model cache (default the user's)."""
     from posepipe.pretrained import runtime
 
     known = store.sources()
@@ -94,7 +94,7 @@ def realism(store: PoseStore, source: str, real_sources: list[str] | None = None
     for s in reals:
         if s not in known:
             raise PosepipeError(f"realism: no real source {s!r} in the store {store.root}")
-    pose_model = runtime.load(model)
+    pose_model = runtime.load(model, cache=cache)
     with tempfile.TemporaryDirectory(prefix="posepipe-realism-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         synth = {"source": source, **_score_source(pose_model, store, source, work / "synthetic", True)}

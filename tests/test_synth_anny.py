@@ -246,3 +246,29 @@ def test_known_pose_on_the_anny_body():
     assert (back[[0, 1, 2], 2] == 0).all(), back[:, 2]
     assert (back[[5, 6, 11, 12, 13, 14, 15, 16], 2] == 2).all(), back[:, 2]
     assert back[5, 0] < back[6, 0]  # from behind the left shoulder is on the image's left
+
+
+def test_realism_scores_the_synthetic_source_next_to_the_real_one(thunder, coco_store, tmp_path):
+    pytest.importorskip("bpy")
+    from posepipe.synth.realism import MIN_SUBSET, realism
+    from posepipe.synth.run import SynthOptions, synth_run
+
+    cfg = scene_mod.SceneConfig(width=128, height=128, occluder_probability=0.0)
+    synth_run(coco_store, SynthOptions(count=4, seed=3, source="synth/realism", width=128, height=128, samples=4,
+                                       config=cfg))
+    res = realism(coco_store, "synth/realism", ["coco-val"], cache=thunder)
+    assert res["model"] == "movenet-thunder" and set(res["real"]) == {"coco-val"}
+    real, synth = res["real"]["coco-val"], res["synthetic"]
+    assert 0.40 < real["AP"] < 0.52, real  # its published coco-mini val figure, no flip test
+    inst = coco_store.instances(["synth/realism"]).to_pylist()
+    assert synth["instances"] == sum(1 for r in inst if r["num_keypoints"] > 0) > 0
+    for key in ("by_family", "by_visibility"):
+        assert sum(v["instances"] for v in synth[key].values()) == synth["instances"]
+        for v in synth[key].values():
+            assert (v["AP"] is None) == (v["instances"] < MIN_SUBSET)
+            assert v["AP"] is None or 0.0 <= v["AP"] <= 1.0
+    families = {json.loads(r["attributes"])["pose_family"] for r in inst if r["num_keypoints"] > 0}
+    assert set(synth["by_family"]) == families
+    assert res["ratio"]["coco-val"] == round(synth["AP"] / real["AP"], 4)
+    with pytest.raises(PosepipeError, match="no real source 'lspet'"):
+        realism(coco_store, "synth/realism", ["lspet"], cache=thunder)
