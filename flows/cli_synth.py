@@ -36,6 +36,11 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         rig: Optional[Path] = typer.Option(
             None, "--rig", help="Joint-map JSON of your own rigged human (.glb/.gltf/.fbx, see docs/user_rig.md): "
                                 "people are that model, posed by retargeting, instead of the mannequin."),
+        body: str = typer.Option("anny", "--body", help="anny: realistic Anny people (phenotypes over the "
+                                 "whole population, clothed); mannequin: capsule mannequins."),
+        age_range: str = typer.Option("0:90", "--age-range", help="MIN:MAX years of Anny people (within 0:90)."),
+        realism: bool = typer.Option(False, "--realism", help="Score the source with a real-trained pretrained "
+                                     "model (MoveNet Thunder) next to the store's real sources, in the report."),
         max_people: int = typer.Option(3, "--max-people", min=1, max=3, help="At most this many people per image."),
         device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or gpu."),
         threads: int = typer.Option(0, "--threads", min=0, help="Render threads per worker (0: min(cores, 2 x cores / workers))."),
@@ -57,13 +62,20 @@ def register(app: typer.Typer, ingest_app: typer.Typer, export_app: typer.Typer)
         for f in family or []:
             if f not in FAMILY_NAMES:
                 raise PosepipeError(f"--family {f!r} is not a pose family; known: {', '.join(FAMILY_NAMES)}")
+        try:
+            ages = tuple(float(a) for a in age_range.split(":"))
+        except ValueError:
+            ages = ()
+        if len(ages) != 2:
+            raise PosepipeError(f"--age-range {age_range!r} is not MIN:MAX in years, e.g. 0:90")
         config = SceneConfig(width=width, height=height, max_people=max_people,
-                             min_people=1, families=tuple(family) if family else None, bvh_share=bvh_share)
+                             min_people=1, families=tuple(family) if family else None, bvh_share=bvh_share,
+                             body=body, age_range=ages)
         opts = SynthOptions(count=count, seed=seed, width=width, height=height, engine=engine, samples=samples,
                             workers=workers, source=source, format=fmt, device=device, threads=threads,
                             timeout=timeout, retries=retries, config=config, backgrounds=tuple(backgrounds or ()),
                             bvh=tuple(str(b) for b in bvh or ()), rig=None if rig is None else str(rig),
-                            units=None if units is None else parse_units(units))
+                            units=None if units is None else parse_units(units), realism=realism)
         out_dir = report_dir or Path("reports") / opts.source_name()
         result = synth_run(PoseStore(store), opts, progress=RichProgress(not json_out), report_dir=out_dir)
         if json_out:

@@ -5,15 +5,51 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import orjson
+from pycocotools import mask as mask_utils
 
 from posepipe.datasets import atomic, schema
 from posepipe.datasets.store import PoseStore
 
 from .core import extreme
 
+AGE_BINS = (0, 2, 12, 18, 30, 45, 65, 90)  # years
+HEIGHT_BINS = (0.0, 0.8, 1.2, 1.5, 1.6, 1.7, 1.8, 1.9, 2.5)  # metres, standing (rest) height
 
-def build_report(store: PoseStore, source: str, run=None) -> dict:
+
+def keypoints_on_own_mask(kp: np.ndarray, segmentations: list) -> dict:
+    """Of the v=2 keypoints, how many land on their own person's mask (within one pixel)."""
+    on = total = 0
+    for person, seg in zip(kp, segmentations):
+        if not seg:
+            continue
+        m = mask_utils.decode(orjson.loads(seg) if isinstance(seg, (str, bytes)) else seg)
+        h, w = m.shape
+        for x, y, v in person:
+            if v != 2:
+                continue
+            total += 1
+            xi, yi = int(x), int(y)
+            on += bool(m[max(0, yi - 1):min(h, yi + 2), max(0, xi - 1):min(w, xi + 2)].any())
+    return {"v2": total, "on_own_mask": on, "share": round(on / total, 4) if total else None}
+
+
+def phenotypes(attrs: list[dict]) -> dict | None:
+    """Histograms of Anny people's age (years) and standing height (m); None for mannequins."""
+    ages = [a["body"]["phenotype"]["age_years"] for a in attrs if a.get("body", {}).get("phenotype")]
+    heights = [a["body"]["height_m"] for a in attrs if "height_m" in a.get("body", {})]
+    if not ages:
+        return None
+
+    def hist(values, bins):
+        counts, _ = np.histogram(values, bins=bins)
+        return {f"{lo:g}-{hi:g}": int(c) for lo, hi, c in zip(bins[:-1], bins[1:], counts)}
+
+    return {"people": len(ages), "age_years": hist(ages, AGE_BINS), "height_m": hist(heights, HEIGHT_BINS)}
+
+
+def build_report(store: PoseStore, source: str, run=None, realism: dict | None = None) -> dict:
     inst = store.instances([source])
     kp = schema.keypoints_from_arrow(inst.column("keypoints"))
     attrs = [orjson.loads(a) if a else {} for a in inst.column("attributes").to_pylist()]
@@ -32,7 +68,11 @@ def build_report(store: PoseStore, source: str, run=None) -> dict:
         "visibility": vis,
         "extreme": {"synthetic": extreme.shares(kp), "real": extreme.shares(real_kp),
                     "real_sources": real_sources},
+        "mask_check": keypoints_on_own_mask(kp, inst.column("segmentation").to_pylist()),
+        "phenotypes": phenotypes(attrs),
     }
+    if realism is not None:
+        report["realism"] = realism
     if run is not None:
         outside = max(run.unit_seconds - run.render_seconds, 0.0)
         report["run"] = {
@@ -62,6 +102,20 @@ def markdown(report: dict) -> str:
         s, r = report["extreme"]["synthetic"][cat], report["extreme"]["real"][cat]
         lines.append(f"| {cat} | {s['share']:.1%} ({s['flagged']}/{s['decidable']}) | "
                      f"{r['share']:.1%} ({r['flagged']}/{r['decidable']}) |")
+    m = report.get("mask_check")
+    if m:
+        lines += ["", f"Visible (v=2) keypoints on their own person's mask: {m['on_own_mask']}/{m['v2']}"
+                      + (f" ({m['share']:.1%})" if m["share"] is not None else "")]
+    ph = report.get("phenotypes")
+    if ph:
+        lines += ["", f"## Phenotypes ({ph['people']} Anny people)", "", "| age (years) | people |", "| --- | ---: |"]
+        lines += [f"| {k} | {v} |" for k, v in ph["age_years"].items()]
+        lines += ["", "| height (m) | people |", "| --- | ---: |"]
+        lines += [f"| {k} | {v} |" for k, v in ph["height_m"].items()]
+    if report.get("realism"):
+        from .realism import markdown as realism_markdown
+
+        lines += [""] + realism_markdown(report["realism"])
     if "run" in report:
         r = report["run"]
         lines += ["", "## This run", "", f"rendered {r['rendered']}, unchanged {r['unchanged']}, "

@@ -35,14 +35,16 @@ from posepipe.datasets.errors import PosepipeError
 from posepipe.datasets.progress import NoProgress, Progress
 from posepipe.datasets.store import PoseStore, validate_source_name
 
-from .core.scene import SceneConfig, unit_seed
+from .core import anny_body, phenotype
+from .core.scene import BODIES, SceneConfig, unit_seed
 from .core.user_rig import load_joint_map
 
 
 # Part of every unit's parameters (so of its hash): bump it when the same unit would render to
 # other bytes, so that a resumed or re-run source does not mix images of two generator versions.
 # 2: PNG written by synth/image.py, float32 background noise (2026-11).
-GENERATOR_VERSION = 2
+# 3: Anny bodies by default (SceneConfig.body), phenotype and outfit streams, records carry the body (2026-12).
+GENERATOR_VERSION = 3
 
 
 @dataclass
@@ -67,6 +69,9 @@ class SynthOptions:
     # Numpy work (scene sampling, posing, compositing, encoding) in a helper thread beside each
     # render call; False does it all between render calls: the baseline bench/synth.py compares.
     pipeline: bool = True
+    # Score the source with a real-trained pretrained model next to the store's real sources
+    # (synth/realism.py) and put it in the report; it pulls the model on first use.
+    realism: bool = False
     # (first, stop): render only images first..stop-1 of the run (same seeds, same bytes as in a
     # whole run), e.g. one slice of a run fanned out over tasks or machines; None: all of them.
     units: tuple[int, int] | None = None
@@ -121,8 +126,15 @@ def _validate(opts: SynthOptions) -> None:
         raise PosepipeError(f"--samples must be at least 1, got {opts.samples}")
     if not (8 <= opts.width <= 8192 and 8 <= opts.height <= 8192):
         raise PosepipeError(f"--resolution {opts.width}x{opts.height} is outside 8..8192")
+    if opts.config.body not in BODIES:
+        raise PosepipeError(f"--body must be one of {', '.join(BODIES)}, got {opts.config.body!r}")
     if opts.rig is not None:
         load_joint_map(opts.rig)  # a bad map or model path fails here, with its file and field named
+    elif opts.config.body == "anny":
+        phenotype.check_age_range(opts.config.age_range)
+        problem = anny_body.install_problem()
+        if problem:
+            raise PosepipeError(f"--body anny: {problem}; or use --body mannequin")
     validate_source_name(opts.source_name())
     if not opts.source_name().startswith("synth/"):
         raise PosepipeError(f"--source {opts.source_name()!r} must start with 'synth/'")
@@ -271,7 +283,12 @@ def synth_run(store: PoseStore, opts: SynthOptions, progress: Progress | None = 
     result.wall_seconds = time.perf_counter() - t0
     from .report import build_report, write_report
 
-    result.report = build_report(store, source, result)
+    realism = None
+    if opts.realism:
+        from .realism import realism as score_realism
+
+        realism = score_realism(store, source)
+    result.report = build_report(store, source, result, realism=realism)
     if report_dir is not None:
         write_report(result.report, Path(report_dir))
     return result
@@ -520,7 +537,10 @@ def _attributes(person: dict, scene_person: dict, ann: dict, opts: SynthOptions)
         "synthetic": True, "run_seed": opts.seed, "seed": ann["seed"], "person": person["person"],
         "pose_family": person["pose"]["family"], "pose": person["pose"], "occlusion": person["occlusion"],
         "pose_attempts": person["pose_attempts"], "interpenetration": person["interpenetration"],
-        "body": {k: scene_person[k] for k in ("height_scale", "limb_thickness", "torso_width", "location")},
+        "body": {**{k: scene_person[k] for k in ("height_scale", "limb_thickness", "torso_width", "location")},
+                 **({"phenotype": scene_person["phenotype"], "outfit": scene_person["outfit"]}
+                    if scene_person.get("phenotype") else {}),
+                 **person.get("body", {"kind": "mannequin"})},
         "engine": ann["engine"], "samples": ann["samples"], "render_seconds": ann["timing"]["render_seconds"],
     }
 

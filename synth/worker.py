@@ -32,7 +32,7 @@ import orjson
 from posepipe.datasets import atomic
 
 from . import image
-from .core import posing
+from .core import anny_body, posing
 from .core import scene as scene_mod
 
 
@@ -50,10 +50,11 @@ class Prepared:
     world_rgb: tuple[float, float, float] | None
     posed: list[tuple | None]
     seconds: float
+    skinned: list | None = None  # Anny bodies (None for mocap people: posed on the main thread)
 
 
-def prepare(unit: dict, cfg: scene_mod.SceneConfig) -> Prepared:
-    """numpy only: safe in the helper thread while the main thread renders."""
+def prepare(unit: dict, cfg: scene_mod.SceneConfig, anny: "anny_body.AnnyModel | None" = None) -> Prepared:
+    """numpy (and Anny's torch shape call) only: safe in the helper thread while the main thread renders."""
     t0 = time.perf_counter()
     spec = scene_mod.sample_scene(unit["seed"], cfg)
     photo = unit.get("background")
@@ -63,7 +64,11 @@ def prepare(unit: dict, cfg: scene_mod.SceneConfig) -> Prepared:
         spec.background.kind = "store"
         world_rgb = image.mean_linear_rgb(bg)  # ambient light takes the photo's colour: the person sits in it
     posed = [None if person.pose.family == "bvh" else posing.pose_person(person, cfg) for person in spec.people]
-    return Prepared(unit, spec, bg, world_rgb, posed, time.perf_counter() - t0)
+    skinned = None
+    if anny is not None:  # the pose actually kept (after re-draws) is the one skinned
+        skinned = [None if ready is None else anny_body.skin_person(anny, person, ready[1])
+                   for person, ready in zip(spec.people, posed)]
+    return Prepared(unit, spec, bg, world_rgb, posed, time.perf_counter() - t0, skinned)
 
 
 def annotate(prep: Prepared, result, fmt: str, timing: dict) -> tuple[bytes, dict]:
@@ -83,6 +88,7 @@ def annotate(prep: Prepared, result, fmt: str, timing: dict) -> tuple[bytes, dic
             "num_keypoints": int((kp[:, 2] > 0).sum()), **ann,
             "pose": person.pose.to_dict(), "pose_attempts": person.pose_attempts,
             "interpenetration": round(person.interpenetration, 4),
+            **({"body": person.body} if person.body else {}),
         })
     spec_dict = spec.to_dict()
     for sp, person in zip(spec_dict["people"], result.people):
@@ -160,10 +166,11 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
     if not units:
         return
     pipelined = job.get("pipeline", True)
+    anny = renderer.anny_model()
     with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="posepipe-synth-numpy") if pipelined
           else _Inline()) as helper:
         t_cycle = time.perf_counter()
-        next_prep: Future = helper.submit(_guarded, units[0]["index"], out, prepare, units[0], cfg)
+        next_prep: Future = helper.submit(_guarded, units[0]["index"], out, prepare, units[0], cfg, anny)
         finishing: Future | None = None
         done: tuple | None = None  # the previous unit's (prepared, result, timing), to finish
 
@@ -192,7 +199,7 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
                 if done is not None:
                     finishing = helper.submit(_guarded, done[0].unit["index"], out, finish, *done, fmt=fmt, out=out)
                 if k + 1 < len(units):
-                    next_prep = helper.submit(_guarded, units[k + 1]["index"], out, prepare, units[k + 1], cfg)
+                    next_prep = helper.submit(_guarded, units[k + 1]["index"], out, prepare, units[k + 1], cfg, anny)
 
             # Test hooks. The crash stands for a failure while building the scene, before the
             # previous unit is handed over: its results are lost and the parent must not blame it.
@@ -203,7 +210,7 @@ def run_units(renderer, units: list[dict], job: dict, workdir: Path, setup: dict
                 time.sleep(3600)
             try:
                 result = renderer.render(prep.spec, cfg, workdir, world_rgb=prep.world_rgb, posed=prep.posed,
-                                         on_render=hand_over)
+                                         on_render=hand_over, skinned=prep.skinned)
             except Exception as exc:
                 _fail(out, index, exc)
                 if not handed and done is not None:  # it failed building the scene: keep the previous unit
@@ -243,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
 
         renderer.stage(_config(job), Path(tmp))
         t_ready = time.perf_counter()
-        setup = {"worker_setup_seconds": t_ready - t0, "stage_seconds": t_ready - t_stage}
+        import resource
+
+        # ru_maxrss is in KiB on Linux: the worker's peak memory once staged (Blender, and Anny's model)
+        setup = {"worker_setup_seconds": t_ready - t0, "stage_seconds": t_ready - t_stage,
+                 "worker_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         run_units(renderer, job["units"], job, Path(tmp), setup, crash_on, hang_on)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -21,7 +21,7 @@ def _run_worker(tmp: Path, name: str, indices: list[int], expect_rc: int = 0, un
     out = tmp / name
     out.mkdir()
     job = {"out": str(out), "engine": "cycles", "samples": 2, "format": "png", "device": "cpu",
-           "config": {"width": 64, "height": 64, "occluder_probability": 0.7},
+           "config": {"width": 64, "height": 64, "occluder_probability": 0.7, "body": "mannequin"},
            "units": units or [{"index": i, "seed": unit_seed(99, i)} for i in indices], **extra}
     (tmp / f"{name}.json").write_text(json.dumps(job))
     proc = subprocess.run([sys.executable, "-m", "posepipe.synth.worker", str(tmp / f"{name}.json")],
@@ -106,7 +106,7 @@ KNOWN_POSE = textwrap.dedent("""
     spec = S.SceneSpec(1, 48, 64, [person], S.CameraSpec(0.9, 0.0, -90.0, 0.0, 50.0),
                        [S.LightSpec("SUN", 3.0, 6500, (1, 1, 1), -90.0, 45.0)], [],
                        S.BackgroundSpec("gradient", (0, 0, 0), (0, 0, 0), 0.0, 0.0), 0.5)
-    cfg = S.SceneConfig(width=48, height=64, pose_attempts=1, max_interpenetration=10.0)
+    cfg = S.SceneConfig(width=48, height=64, pose_attempts=1, max_interpenetration=10.0, body="mannequin")
     r = BlenderRenderer("cycles", 2, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         res = r.render(spec, cfg, Path(tmp))
@@ -181,7 +181,7 @@ BVH_ROUND_TRIP = textwrap.dedent("""
     clip = Path(sys.argv[1])
     poses = [P.sample_pose(np.random.default_rng(s), f) for s, f in ((1, "inversion"), (2, "split"), (3, "free"))]
     bvh.write_poses(clip, poses)
-    cfg = S.SceneConfig(width=64, height=64, pose_attempts=1, max_interpenetration=10.0)
+    cfg = S.SceneConfig(width=64, height=64, pose_attempts=1, max_interpenetration=10.0, body="mannequin")
     r = BlenderRenderer("cycles", 1, "cpu", clips={"c": str(clip)})
     out = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import camera as cam
+from .outfit import sample_outfit
+from .phenotype import sample_phenotype
 from .pose import Pose, sample_pose
 
 
@@ -30,6 +32,10 @@ class SceneConfig:
     pose_attempts: int = 20
     bvh_clips: tuple = ()  # ((clip name, frame count), ...): mocap poses as a second pose source
     bvh_share: float = 0.5  # chance that a person takes a mocap frame instead of a sampled pose
+    elevation: tuple = (-30.0, 80.0)  # camera degrees above the horizon (uniform)
+    free_roll: float = 0.2  # share of images whose camera roll is uniform over the circle (else ~N(0, 10))
+    body: str = "anny"  # "anny": realistic Anny bodies (anny_body.py); "mannequin": capsule mannequins
+    age_range: tuple = (0.0, 90.0)  # years, Anny people's ages (phenotype.py)
 
 
 @dataclass
@@ -44,6 +50,8 @@ class PersonSpec:
     trousers_rgb: tuple[float, float, float]
     texture_scale: float  # noise texture on clothing; 0 = plain
     pose_seed: int  # seeds re-draws of the pose when limbs interpenetrate
+    phenotype: dict = field(default_factory=dict)  # Anny bodies: phenotype.sample_phenotype's draw
+    outfit: dict = field(default_factory=dict)  # Anny bodies: outfit.sample_outfit's draw
 
 
 @dataclass
@@ -105,6 +113,13 @@ class SceneSpec:
         return d
 
 
+BODIES = ("anny", "mannequin")
+# Named random streams of a person, apart from the scene's own (whose draws stay as they were):
+# np.random.default_rng([unit seed, stream, person index]).
+PHENOTYPE_STREAM = 0xA27
+OUTFIT_STREAM = 0x0F17
+
+
 # Skin tones (linear RGB) spanning the Fitzpatrick scale, plus a spread of clothing colours.
 _SKIN = np.array([[0.85, 0.64, 0.52], [0.76, 0.53, 0.40], [0.62, 0.42, 0.30], [0.45, 0.29, 0.20],
                   [0.30, 0.19, 0.13], [0.18, 0.11, 0.08]])
@@ -153,11 +168,14 @@ def sample_scene(seed: int, config: SceneConfig | None = None) -> SceneSpec:
             texture_scale=float(rng.choice([0.0, rng.uniform(5, 40)])),
             pose_seed=int(rng.integers(2**31)),
         ))
+        if cfg.body == "anny":
+            people[-1].phenotype = sample_phenotype(np.random.default_rng([seed, PHENOTYPE_STREAM, k]), cfg.age_range)
+            people[-1].outfit = sample_outfit(np.random.default_rng([seed, OUTFIT_STREAM, k]))
     camera = CameraSpec(
         fill=float(rng.uniform(0.7, 1.15)),
-        elevation=float(rng.uniform(-30, 80)),
+        elevation=float(rng.uniform(*cfg.elevation)),
         azimuth=float(rng.uniform(0, 360)),
-        roll=float(rng.normal(0, 10)) if rng.random() < 0.8 else float(rng.uniform(-180, 180)),
+        roll=float(rng.normal(0, 10)) if rng.random() >= cfg.free_roll else float(rng.uniform(-180, 180)),
         focal_mm=float(rng.uniform(24, 85)),
     )
     lights = []

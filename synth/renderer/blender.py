@@ -35,6 +35,7 @@ import bmesh
 import numpy as np
 from mathutils import Matrix
 
+from ..core import anny_body
 from ..core import body as body_mod
 from ..core import camera as cam
 from ..core import scene as scene_mod
@@ -42,6 +43,7 @@ from ..core import visibility
 from ..core import posing, retarget
 from ..core.pose import Pose
 from ..core import user_rig as user_rig_core
+from . import anny as anny_slot
 from . import rays, readback, user_rig
 
 OCCLUDER_INDEX = 100
@@ -57,6 +59,7 @@ class PersonResult:
     pose: Pose
     pose_attempts: int
     interpenetration: float
+    body: dict = field(default_factory=dict)  # what the record keeps of an Anny body (height, ...)
 
 
 @dataclass
@@ -90,6 +93,10 @@ class BlenderRenderer:
         self.rig = rig  # joint-map file of a user's rigged human (people are that model, not the mannequin)
         self._stage: _Stage | None = None
 
+    def anny_model(self) -> "anny_body.AnnyModel | None":
+        """The staged Anny model (None: the people are not Anny bodies, or nothing is staged yet)."""
+        return self._stage.anny if self._stage is not None else None
+
     def stage(self, config: scene_mod.SceneConfig, workdir: Path) -> "_Stage":
         if self._stage is None:
             self._stage = _Stage(self, config, workdir)
@@ -97,12 +104,14 @@ class BlenderRenderer:
 
     def render(self, spec: scene_mod.SceneSpec, config: scene_mod.SceneConfig, workdir: Path,
                world_rgb: tuple[float, float, float] | None = None,
-               posed: list[tuple | None] | None = None, on_render: Callable[[], None] | None = None) -> RenderResult:
+               posed: list[tuple | None] | None = None, on_render: Callable[[], None] | None = None,
+               skinned: list | None = None) -> RenderResult:
         """Build ``spec`` in the stage, render it and annotate it. ``posed[p]``, when given, is
         person p's ``posing.pose_person`` result computed beforehand (numpy only, so a worker
         thread can do it during the previous render); mocap people are posed here, with Blender.
         ``on_render`` is called just before the render call, which releases the GIL for most of
-        the image's time: the moment to hand other threads their work."""
+        the image's time: the moment to hand other threads their work. ``skinned[p]``, when given,
+        is person p's Anny body (``anny_body.skin_person``) computed beforehand likewise."""
         t0 = time.perf_counter()
         st = self.stage(config, workdir)
         people: list[PersonResult] = []
@@ -112,8 +121,14 @@ class BlenderRenderer:
             ready = posed[p] if posed else None
             body, pose, attempts, worst = ready or posing.pose_person(person, config, st.clips.basis)
             bodies.append(body)
-            world = st.people[p].place(body, person, pose, st.clips.basis)
-            people.append(PersonResult(np.zeros((17, 3)), [None] * 17, world, pose, attempts, worst))
+            info = {}
+            if st.anny is not None:
+                mesh = (skinned[p] if skinned else None) or anny_body.skin_person(st.anny, person, pose, st.clips.basis)
+                world = st.people[p].place(mesh, person)
+                info = {"kind": "anny", **mesh.info}
+            else:
+                world = st.people[p].place(body, person, pose, st.clips.basis)
+            people.append(PersonResult(np.zeros((17, 3)), [None] * 17, world, pose, attempts, worst, info))
         all_points = np.concatenate([res.world for res in people])
         cam_matrix, k = scene_mod.place_camera(spec.camera, all_points, spec.width, spec.height)
         st.camera.matrix_world = Matrix(cam_matrix.tolist())
@@ -147,6 +162,8 @@ class BlenderRenderer:
         t_index = time.perf_counter()
         if st.user_rig:
             _annotate_user_rigs(people, st.people[:len(people)], cam_matrix, k)
+        elif st.anny is not None:
+            _annotate_anny(people, st, len(spec.occluders), cam_matrix, k)
         else:
             _annotate(people, bodies, st, len(spec.occluders), cam_matrix, k)
         t_end = time.perf_counter()
@@ -179,6 +196,45 @@ def _annotate(people, bodies, st: "_Stage", occluders: int, cam_matrix, k) -> No
             i = p * 17 + j
             hit = visibility.RayHit(*hits[i]) if hits.get(i) else None
             v, res.occlusion[j] = visibility.decide(inside[i], dist[i], hit, p, tolerance)
+            rows.append((xy[i][0], xy[i][1], v) if v else (0.0, 0.0, 0.0))
+        res.keypoints[:] = rows
+
+
+def _annotate_anny(people, st: "_Stage", occluders: int, cam_matrix, k) -> None:
+    """Keypoints and COCO visibility of Anny people: rays against the skinned meshes and the occluders."""
+    slots = st.people[:len(people)]
+    occ = st.occluders[:occluders]
+    eye = cam_matrix[:3, 3]
+    points = np.concatenate([res.world for res in people])
+    xy, depth = cam.project(points, cam_matrix, k)
+    inside = cam.in_frame(xy, depth, k)
+    targets = points[inside]
+    found: list[list] = [[] for _ in range(len(targets))]  # (distance, owner, part) of each surface met
+    if occ:
+        hits = st.rays.first_hits(eye, targets, [kind for s in occ for kind in s.kinds],
+                                  np.concatenate([s.matrices for s in occ]),
+                                  np.full(sum(len(s.kinds) for s in occ), -1))
+        for n, hit in enumerate(hits):
+            if hit:
+                found[n].append((hit[0], -1, None))
+    for q, slot in enumerate(slots):
+        for n, hit in enumerate(slot.first_hits(eye, targets)):
+            if hit is not None:
+                found[n].append((hit[0], q, hit[1]))
+    first = {i: min(f, key=lambda h: h[0]) for i, f in zip(np.flatnonzero(inside).tolist(), found) if f}
+    dist, inside, xy = np.linalg.norm(points - eye, axis=1).tolist(), inside.tolist(), xy.tolist()
+    head = anny_body.PARTS.index("head")
+    for p, (res, slot) in enumerate(zip(people, slots)):
+        rows = []
+        own = [first[i][2] if i in first and first[i][1] == p else None for i in range(p * 17, p * 17 + 17)]
+        for j, tolerance in enumerate(slot.tolerances(res.world, own).tolist()):
+            i = p * 17 + j
+            hit = visibility.RayHit(*first[i][:2]) if i in first else None
+            v, res.occlusion[j] = visibility.decide(inside[i], dist[i], hit, p, tolerance)
+            if v == 1 and j < 5 and own[j] == head:
+                # A face landmark behind its own head (the person faces away): unlabelled, as COCO's
+                # annotators leave a nose or eye they cannot see on a head seen from behind.
+                v, res.occlusion[j] = 0, None
             rows.append((xy[i][0], xy[i][1], v) if v else (0.0, 0.0, 0.0))
         res.keypoints[:] = rows
 
@@ -231,9 +287,16 @@ class _Stage:
         self.people, self.occluders = [], []
         self.user_rig = r.rig is not None
         joint_map = user_rig_core.load_joint_map(r.rig) if self.user_rig else None
+        # Anny bodies (a user rig, when given, replaces any body)
+        self.anny = anny_body.load_model() if config.body == "anny" and not self.user_rig else None
         for p in range(MAX_PEOPLE):
-            self.people.append(_UserRigSlot(p, joint_map) if joint_map else
-                               _PersonSlot(p, self.meshes, self.people[0] if p else None))
+            if joint_map:
+                self.people.append(_UserRigSlot(p, joint_map))
+            elif self.anny is not None:
+                self.people.append(anny_slot.AnnySlot(p, self.anny, _slot_collection(f"person{p}"), _Material,
+                                                      self.people[0] if p else None))
+            else:
+                self.people.append(_PersonSlot(p, self.meshes, self.people[0] if p else None))
         for o in range(max(config.max_occluders, 0)):
             self.occluders.append(_OccluderSlot(o, self.meshes, self.occluders[0] if o else None))
         self.lights = [_LightSlot(n) for n in range(MAX_LIGHTS)]
